@@ -1,0 +1,306 @@
+//! The node: owner of one machine's resources, worker pool and object store, and its local
+//! scheduler (Ray's raylet, plus the owner bookkeeping Ray keeps in each core worker). In the
+//! embedded cluster it lives inside the driver process; workers reach it over a Unix socket.
+//!
+//! Concurrency: all mutable state is in one [`NodeState`] behind `Node::st`. Handlers mutate it
+//! and return [`Effect`]s (socket sends, promise completions, process spawns and kills), which
+//! run after the lock is released, so no I/O and no user callback ever runs under the lock.
+
+mod actors;
+mod objects;
+mod sched;
+mod session;
+mod state;
+mod workers;
+
+pub(crate) use session::Session;
+
+/// Environment variables that make a process a worker of a node.
+pub(crate) mod workers_env {
+    pub const SOCKET: &str = "FLARE_WORKER_SOCKET";
+    pub const WORKER_ID: &str = "FLARE_WORKER_ID";
+    pub const SHM_DIR: &str = "FLARE_SHM_DIR";
+}
+
+use crate::codec::{Payload, RefKey};
+use crate::config::Config;
+use crate::error::{ErrorKind, TaskError};
+use crate::ids::{ActorId, ObjectId, PlacementGroupId, WorkerId};
+use crate::promise::Promise;
+use crate::protocol::{Conn, ToWorker};
+use crate::resources::{ResourcePool, ResourceSet, CPU, GPU, MEMORY};
+use crate::runtime::{Core, ObjectResult, StateQuery};
+use crate::spec::{ActorCallSpec, ActorSpec, PlacementGroupSpec, TaskSpec};
+use crate::state::StateSnapshot;
+use state::NodeState;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+/// Work to do once the state lock is released.
+pub(crate) enum Effect {
+    Send(Arc<Conn>, ToWorker),
+    Complete(Promise<ObjectResult>, ObjectResult),
+    CompleteUnit(Promise<Result<(), TaskError>>, Result<(), TaskError>),
+    Spawn(workers::SpawnRequest),
+    Kill(u32),
+}
+
+/// Settings resolved from [`Config`] and the machine.
+#[derive(Clone, Debug)]
+pub(crate) struct NodeConfig {
+    pub total: ResourceSet,
+    pub store_capacity: u64,
+    pub prestart: usize,
+    pub idle_timeout: Duration,
+    pub infeasible_grace: Duration,
+    pub log_to_driver: bool,
+    pub labels: Vec<(String, String)>,
+    pub spill_dir: std::path::PathBuf,
+}
+
+impl NodeConfig {
+    pub(crate) fn resolve(cfg: &Config, session: &Session) -> Result<Self, String> {
+        let num_cpus = match cfg.num_cpus {
+            Some(n) => n,
+            None => crate::config::env_f64("FLARE_NUM_CPUS")?
+                .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64),
+        };
+        let num_gpus = match cfg.num_gpus {
+            Some(n) => n,
+            None => crate::config::env_f64("FLARE_NUM_GPUS")?.unwrap_or(0.0),
+        };
+        if num_gpus.fract() != 0.0 {
+            return Err(format!("a node declares whole GPUs only, got num_gpus = {num_gpus}"));
+        }
+        let ram = session::total_memory().unwrap_or(8 << 30);
+        let mut total = ResourceSet::new();
+        total.set(CPU, num_cpus)?;
+        total.set(GPU, num_gpus)?;
+        total.set(MEMORY, cfg.memory.unwrap_or(ram) as f64)?;
+        for (k, v) in &cfg.resources {
+            total.set(k, *v)?;
+        }
+        let shm_free = session::free_bytes(&session.shm_dir).unwrap_or(u64::MAX);
+        let store_capacity = cfg.object_store_memory.unwrap_or_else(|| (ram / 10 * 3).min(shm_free / 10 * 8));
+        Ok(NodeConfig {
+            total,
+            store_capacity,
+            prestart: cfg.prestart_workers.unwrap_or(num_cpus.ceil() as usize),
+            idle_timeout: cfg.idle_worker_timeout,
+            infeasible_grace: cfg.infeasible_grace,
+            log_to_driver: cfg.log_to_driver,
+            labels: cfg.labels.clone(),
+            spill_dir: session.spill.clone(),
+        })
+    }
+}
+
+/// The node. Cheap to share as `Arc<Node>`.
+pub(crate) struct Node {
+    pub(crate) cfg: NodeConfig,
+    pub(crate) session: Session,
+    st: Mutex<NodeState>,
+    spawner: Mutex<Option<mpsc::Sender<workers::SpawnRequest>>>,
+    me: Weak<Node>,
+}
+
+impl Node {
+    /// Starts the node: its socket, spawner and ticker threads, and the prestarted workers.
+    pub(crate) fn start(cfg: &Config) -> Result<Arc<Node>, crate::Error> {
+        let session = Session::create(cfg.temp_dir.as_deref())?;
+        let node_cfg = NodeConfig::resolve(cfg, &session).map_err(crate::Error::Config)?;
+        let pool = ResourcePool::new(node_cfg.total.clone()).map_err(crate::Error::Config)?;
+        let node = Arc::new_cyclic(|me| Node {
+            st: Mutex::new(NodeState::new(pool, node_cfg.clone())),
+            cfg: node_cfg,
+            session,
+            spawner: Mutex::new(None),
+            me: me.clone(),
+        });
+        workers::start_threads(&node)?;
+        node.with_state(|st, fx| st.prestart(fx));
+        Ok(node)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, NodeState> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the state, schedules whatever became runnable, then applies the effects.
+    pub(crate) fn with_state<R>(&self, f: impl FnOnce(&mut NodeState, &mut Vec<Effect>) -> R) -> R {
+        let mut fx = Vec::new();
+        let out = {
+            let mut st = self.lock();
+            let out = f(&mut st, &mut fx);
+            st.schedule(&mut fx);
+            out
+        };
+        self.apply(fx);
+        out
+    }
+
+    pub(crate) fn apply(&self, fx: Vec<Effect>) {
+        for e in fx {
+            match e {
+                Effect::Send(conn, msg) => {
+                    // A failed send means the worker is gone; its death is handled by its reaper.
+                    let _ = conn.send(&msg);
+                }
+                Effect::Complete(p, v) => p.complete(v),
+                Effect::CompleteUnit(p, v) => p.complete(v),
+                Effect::Spawn(req) => {
+                    let tx = self.spawner.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    if let Some(tx) = tx {
+                        let _ = tx.send(req);
+                    }
+                }
+                Effect::Kill(pid) => {
+                    // Safety: plain syscall; the pid is one of our own children.
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                }
+            }
+        }
+    }
+
+    // ---- the node's API, on behalf of `caller` ----
+
+    pub(crate) fn submit_task(&self, caller: WorkerId, spec: TaskSpec) {
+        self.with_state(|st, fx| st.submit_task(caller, spec, fx));
+    }
+
+    pub(crate) fn create_actor(&self, caller: WorkerId, spec: ActorSpec) -> Result<(), TaskError> {
+        self.with_state(|st, fx| st.create_actor(caller, spec, fx))
+    }
+
+    pub(crate) fn submit_actor_task(&self, caller: WorkerId, spec: ActorCallSpec) {
+        self.with_state(|st, fx| st.submit_actor_task(caller, spec, fx));
+    }
+
+    pub(crate) fn get(&self, caller: WorkerId, id: ObjectId) -> Promise<ObjectResult> {
+        let promise = self.with_state(|st, _| st.get(id));
+        if caller != WorkerId::DRIVER && promise.try_get().is_none() {
+            // A worker blocked in `get` lends its CPU back so nested tasks can run (Ray does the same).
+            self.with_state(|st, _| st.lend_cpu(caller));
+            if let Some(node) = self.me.upgrade() {
+                promise.on_complete(move |_| node.with_state(|st, _| st.reclaim_cpu(caller)));
+            }
+        }
+        promise
+    }
+
+    pub(crate) fn put(&self, caller: WorkerId, id: ObjectId, payload: Payload, contained: Vec<RefKey>) {
+        self.with_state(|st, fx| st.put(caller, id, payload, contained, fx));
+    }
+
+    pub(crate) fn add_ref(&self, caller: WorkerId, key: RefKey) {
+        self.with_state(|st, _| st.add_ref(caller, key));
+    }
+
+    pub(crate) fn remove_ref(&self, caller: WorkerId, key: RefKey) {
+        self.with_state(|st, fx| st.remove_ref(caller, key, fx));
+    }
+
+    pub(crate) fn cancel(&self, id: ObjectId, force: bool) -> Result<(), TaskError> {
+        self.with_state(|st, fx| st.cancel(id, force, fx))
+    }
+
+    pub(crate) fn kill_actor(&self, id: ActorId, no_restart: bool) -> Result<(), TaskError> {
+        self.with_state(|st, fx| st.kill_actor(id, no_restart, fx))
+    }
+
+    pub(crate) fn get_named_actor(&self, name: &str, namespace: &str) -> Result<(ActorId, String), TaskError> {
+        self.with_state(|st, _| st.named_actor(name, namespace))
+    }
+
+    pub(crate) fn create_placement_group(&self, spec: PlacementGroupSpec) -> Result<(), TaskError> {
+        self.with_state(|st, fx| st.create_placement_group(spec, fx))
+    }
+
+    pub(crate) fn remove_placement_group(&self, id: PlacementGroupId) -> Result<(), TaskError> {
+        self.with_state(|st, fx| st.remove_placement_group(id, fx))
+    }
+
+    pub(crate) fn placement_group_ready(&self, id: PlacementGroupId) -> Promise<Result<(), TaskError>> {
+        self.with_state(|st, _| st.placement_group_ready(id))
+    }
+
+    pub(crate) fn state(&self, query: StateQuery) -> StateSnapshot {
+        self.with_state(|st, _| st.snapshot(query))
+    }
+
+    /// Stops every worker and removes the session's shared memory.
+    pub(crate) fn shutdown(&self) {
+        let pids = self.with_state(|st, fx| st.shutdown(fx));
+        // Give workers a moment to exit on their own, then make sure.
+        let deadline = std::time::Instant::now() + Duration::from_millis(500);
+        while std::time::Instant::now() < deadline && pids.iter().any(|p| workers::alive(*p)) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for pid in pids {
+            if workers::alive(pid) {
+                // Safety: plain syscall on our own child.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+        self.spawner.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.session.remove_shared_memory();
+    }
+}
+
+/// The driver's view of its embedded node.
+pub(crate) struct DriverCore {
+    pub(crate) node: Arc<Node>,
+}
+
+impl Core for DriverCore {
+    fn submit_task(&self, spec: TaskSpec) {
+        self.node.submit_task(WorkerId::DRIVER, spec)
+    }
+    fn create_actor(&self, spec: ActorSpec) -> Result<(), TaskError> {
+        self.node.create_actor(WorkerId::DRIVER, spec)
+    }
+    fn submit_actor_task(&self, spec: ActorCallSpec) {
+        self.node.submit_actor_task(WorkerId::DRIVER, spec)
+    }
+    fn get(&self, id: ObjectId) -> Promise<ObjectResult> {
+        self.node.get(WorkerId::DRIVER, id)
+    }
+    fn put(&self, id: ObjectId, payload: Payload, contained: Vec<RefKey>) {
+        self.node.put(WorkerId::DRIVER, id, payload, contained)
+    }
+    fn add_ref(&self, key: RefKey) {
+        self.node.add_ref(WorkerId::DRIVER, key)
+    }
+    fn remove_ref(&self, key: RefKey) {
+        self.node.remove_ref(WorkerId::DRIVER, key)
+    }
+    fn cancel(&self, id: ObjectId, force: bool) -> Result<(), TaskError> {
+        self.node.cancel(id, force)
+    }
+    fn kill_actor(&self, id: ActorId, no_restart: bool) -> Result<(), TaskError> {
+        self.node.kill_actor(id, no_restart)
+    }
+    fn get_named_actor(&self, name: &str, namespace: &str) -> Result<(ActorId, String), TaskError> {
+        self.node.get_named_actor(name, namespace)
+    }
+    fn create_placement_group(&self, spec: PlacementGroupSpec) -> Result<(), TaskError> {
+        self.node.create_placement_group(spec)
+    }
+    fn remove_placement_group(&self, id: PlacementGroupId) -> Result<(), TaskError> {
+        self.node.remove_placement_group(id)
+    }
+    fn placement_group_ready(&self, id: PlacementGroupId) -> Promise<Result<(), TaskError>> {
+        self.node.placement_group_ready(id)
+    }
+    fn state(&self, query: StateQuery) -> Result<StateSnapshot, TaskError> {
+        Ok(self.node.state(query))
+    }
+    fn shutdown(&self) {
+        self.node.shutdown()
+    }
+}
+
+/// An error for work that can no longer run because the node is stopping.
+pub(crate) fn shutting_down() -> TaskError {
+    TaskError::new(ErrorKind::System, "the node is shutting down")
+}

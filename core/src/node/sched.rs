@@ -1,0 +1,651 @@
+//! Tasks and placement groups: dependencies, queues, the scheduling pass, dispatch, completion,
+//! retries and cancellation.
+
+use super::state::{AllocFrom, Dependent, NodeState, ObjState, PgEntry, PgState, Role, TaskEntry, WorkerStatus};
+use super::Effect;
+use crate::codec::{Arg, Payload, RefKey};
+use crate::error::{ErrorKind, TaskError};
+use crate::ids::{NodeId, ObjectId, PlacementGroupId, TaskId, WorkerId};
+use crate::promise::Promise;
+use crate::protocol::ToWorker;
+use crate::resources::{Allocation, ResourcePool, ResourceSet, CPU};
+use crate::runtime::StoredData;
+use crate::scheduler::{
+    self, BundlePlacement, HybridPolicy, NodeView, SchedulingPolicy, SchedulingResult, SchedulingStrategy, SpreadPolicy,
+};
+use crate::spec::{PlacementGroupSpec, TaskSpec};
+use crate::state::TaskState;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The local node's id in the embedded single-node cluster.
+const LOCAL: NodeId = NodeId(0);
+
+pub(crate) enum Decision {
+    Alloc(Allocation, AllocFrom),
+    Wait,
+    /// Cannot run; `true` fails it at once (a removed placement group), `false` after the grace period.
+    Infeasible(String, bool),
+}
+
+/// Retry backoff: 50 ms doubling per attempt, at most 2 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((50u64 << attempt.saturating_sub(1).min(6)).min(2000))
+}
+
+impl NodeState {
+    pub(crate) fn submit_task(&mut self, caller: WorkerId, spec: TaskSpec, fx: &mut Vec<Effect>) {
+        let id = spec.task_id;
+        let ret = spec.return_id();
+        self.create_pending(caller, ret);
+        if self.shutting_down {
+            self.set_failed(ret, super::shutting_down(), fx);
+            return;
+        }
+        if crate::registry::function(&spec.name).is_none() {
+            let e = TaskError::new(
+                ErrorKind::NotRegistered,
+                format!("no remote function `{}` is registered in this binary; is it marked #[flare::remote]?", spec.name),
+            );
+            self.set_failed(ret, e, fx);
+            return;
+        }
+        for k in &spec.contained {
+            self.adjust_contained(*k, 1);
+        }
+        let mut missing = 0;
+        for a in &spec.args {
+            if let Arg::Ref(o) = a {
+                self.adjust_task_ref(*o, 1);
+                if self.wait_for(*o, Dependent::Task(id)) {
+                    missing += 1;
+                }
+            }
+        }
+        let entry = TaskEntry {
+            retries_left: spec.max_retries,
+            spec: Arc::new(spec),
+            state: TaskState::PendingArgs,
+            missing,
+            attempt: 0,
+            alloc: None,
+            cpu_lent: false,
+            worker: None,
+            cancelled: false,
+            submitted: Instant::now(),
+            infeasible_since: None,
+        };
+        self.tasks.insert(id, entry);
+        if missing == 0 {
+            self.enqueue_task(id);
+        }
+    }
+
+    pub(crate) fn dependency_ready(&mut self, id: TaskId) {
+        let Some(t) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        t.missing = t.missing.saturating_sub(1);
+        if t.missing == 0 && t.state == TaskState::PendingArgs {
+            self.enqueue_task(id);
+        }
+    }
+
+    pub(crate) fn enqueue_task(&mut self, id: TaskId) {
+        let Some(t) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        t.state = TaskState::PendingScheduling;
+        let key = (t.spec.resources.clone(), t.spec.strategy.clone());
+        match self.ready.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, q)) => q.push_back(id),
+            None => self.ready.push((key, VecDeque::from([id]))),
+        }
+        self.dirty = true;
+    }
+
+    /// Decides where a request runs now.
+    pub(crate) fn decide(&mut self, req: &ResourceSet, strategy: &SchedulingStrategy) -> Decision {
+        if let SchedulingStrategy::PlacementGroup { pg, bundle_index } = strategy {
+            return self.decide_bundle(req, *pg, *bundle_index);
+        }
+        let view = [NodeView { id: LOCAL, pool: &self.pool }];
+        let result = match strategy {
+            SchedulingStrategy::Spread => SpreadPolicy::default().schedule(req, &view, LOCAL),
+            SchedulingStrategy::NodeAffinity { node, soft } => {
+                scheduler::node_affinity(req, &view, *node, *soft, &HybridPolicy::default(), LOCAL)
+            }
+            _ => HybridPolicy::default().schedule(req, &view, LOCAL),
+        };
+        match result {
+            SchedulingResult::Scheduled(_) => match self.pool.try_allocate(req) {
+                Some(a) => Decision::Alloc(a, AllocFrom::Node),
+                None => Decision::Wait,
+            },
+            SchedulingResult::Queued => Decision::Wait,
+            SchedulingResult::Infeasible(why) => Decision::Infeasible(why, false),
+        }
+    }
+
+    fn decide_bundle(&mut self, req: &ResourceSet, pg: PlacementGroupId, index: Option<usize>) -> Decision {
+        let Some(entry) = self.pgs.get_mut(&pg) else {
+            return Decision::Infeasible(format!("placement group {pg} does not exist"), true);
+        };
+        let bundles = match &mut entry.state {
+            PgState::Pending => return Decision::Wait,
+            PgState::Infeasible(why) => return Decision::Infeasible(format!("placement group {pg} is infeasible: {why}"), true),
+            PgState::Removed => return Decision::Infeasible(format!("placement group {pg} was removed"), true),
+            PgState::Created(b) => b,
+        };
+        let n = bundles.len();
+        let candidates: Vec<usize> = match index {
+            Some(i) if i >= n => {
+                return Decision::Infeasible(
+                    format!("bundle index {i} is out of range: placement group {pg} has {n} bundle(s)"),
+                    true,
+                )
+            }
+            Some(i) => vec![i],
+            None => (0..n).collect(),
+        };
+        for &i in &candidates {
+            if let Some(a) = bundles[i].0.try_allocate(req) {
+                return Decision::Alloc(a, AllocFrom::Bundle(pg, i));
+            }
+        }
+        if candidates.iter().any(|&i| bundles[i].0.could_fit(req).is_ok()) {
+            Decision::Wait
+        } else {
+            let sizes: Vec<String> = candidates.iter().map(|&i| format!("{}", bundles[i].0.total())).collect();
+            Decision::Infeasible(
+                format!(
+                    "needs {req} but the placement group's bundle(s) hold {}; ask for less or make bigger bundles",
+                    sizes.join(", ")
+                ),
+                true,
+            )
+        }
+    }
+
+    pub(crate) fn release_alloc(&mut self, alloc: Allocation, from: AllocFrom, cpu_lent: bool) {
+        let mut alloc = alloc;
+        if cpu_lent {
+            alloc.resources.set_fixed(CPU, 0);
+        }
+        match from {
+            AllocFrom::Node => self.pool.release(&alloc),
+            AllocFrom::Bundle(pg, i) => {
+                if let Some(PgEntry { state: PgState::Created(b), .. }) = self.pgs.get_mut(&pg) {
+                    if let Some((pool, _)) = b.get_mut(i) {
+                        pool.release(&alloc);
+                    }
+                }
+            }
+        }
+        self.dirty = true;
+    }
+
+    fn pool_of(&mut self, from: AllocFrom) -> Option<&mut ResourcePool> {
+        match from {
+            AllocFrom::Node => Some(&mut self.pool),
+            AllocFrom::Bundle(pg, i) => match self.pgs.get_mut(&pg) {
+                Some(PgEntry { state: PgState::Created(b), .. }) => b.get_mut(i).map(|(p, _)| p),
+                _ => None,
+            },
+        }
+    }
+
+    /// One scheduling pass: placement groups, then actors, then tasks by class.
+    pub(crate) fn schedule(&mut self, fx: &mut Vec<Effect>) {
+        if !self.dirty || self.shutting_down {
+            return;
+        }
+        self.dirty = false;
+        self.schedule_placement_groups(fx);
+        self.schedule_actors(fx);
+        let now = Instant::now();
+        let grace = self.cfg.infeasible_grace;
+        let mut qi = 0;
+        while qi < self.ready.len() {
+            while let Some(&tid) = self.ready[qi].1.front() {
+                let Some(t) = self.tasks.get(&tid) else {
+                    self.ready[qi].1.pop_front();
+                    continue;
+                };
+                if t.state != TaskState::PendingScheduling {
+                    self.ready[qi].1.pop_front();
+                    continue;
+                }
+                let (req, strategy) = self.ready[qi].0.clone();
+                match self.decide(&req, &strategy) {
+                    Decision::Alloc(alloc, from) => {
+                        self.ready[qi].1.pop_front();
+                        self.start_task(tid, alloc, from, fx);
+                    }
+                    Decision::Wait => break,
+                    Decision::Infeasible(why, now_or_never) => {
+                        let t = self.tasks.get_mut(&tid).expect("checked above");
+                        let since = *t.infeasible_since.get_or_insert(now);
+                        if now_or_never || now.duration_since(since) >= grace {
+                            self.ready[qi].1.pop_front();
+                            let name = t.spec.name.clone();
+                            let e = TaskError::new(ErrorKind::Infeasible, format!("task `{name}` {why}"));
+                            self.finish_task(tid, Err(e), fx);
+                        } else {
+                            break;
+                        }
+                    }
+                }
+            }
+            if self.ready[qi].1.is_empty() {
+                self.ready.swap_remove(qi);
+            } else {
+                qi += 1;
+            }
+        }
+    }
+
+    fn start_task(&mut self, tid: TaskId, alloc: Allocation, from: AllocFrom, fx: &mut Vec<Effect>) {
+        let key = alloc.gpu_ids();
+        let t = self.tasks.get_mut(&tid).expect("queued task exists");
+        metrics::histogram!("flare_scheduling_latency_seconds").record(t.submitted.elapsed().as_secs_f64());
+        t.alloc = Some((alloc, from));
+        match self.take_idle_worker(&key) {
+            Some(w) => self.dispatch_task(tid, w, fx),
+            None => {
+                let w = self.spawn_worker(key, Role::Pool, fx);
+                if let Some(we) = self.workers.get_mut(&w) {
+                    we.assigned = Some(tid);
+                }
+                let t = self.tasks.get_mut(&tid).expect("queued task exists");
+                t.state = TaskState::PendingWorker;
+                t.worker = Some(w);
+            }
+        }
+    }
+
+    /// Argument payloads for dispatch; a failed argument fails the task with its error.
+    pub(crate) fn resolve_args(&self, args: &[Arg]) -> Result<Vec<Payload>, TaskError> {
+        args.iter()
+            .map(|a| match a {
+                Arg::Value(v) => Ok(Payload::Inline(v.clone())),
+                Arg::Ref(id) => match self.objects.get(id).map(|o| &o.state) {
+                    Some(ObjState::Ready(d)) => Ok(d.to_payload()),
+                    Some(ObjState::Failed(e)) => Err(e.clone()),
+                    Some(ObjState::Pending) => Err(TaskError::new(ErrorKind::System, format!("argument {id} is not ready"))),
+                    None => Err(TaskError::new(ErrorKind::ObjectLost, format!("argument {id} was freed before the task ran"))),
+                },
+            })
+            .collect()
+    }
+
+    pub(crate) fn dispatch_task(&mut self, tid: TaskId, wid: WorkerId, fx: &mut Vec<Effect>) {
+        let Some(t) = self.tasks.get(&tid) else {
+            self.worker_idle(wid);
+            return;
+        };
+        let spec = t.spec.clone();
+        let gpu_ids = t.alloc.as_ref().map(|(a, _)| a.gpu_ids()).unwrap_or_default();
+        let attempt = t.attempt;
+        if t.cancelled {
+            self.worker_idle(wid);
+            self.finish_task(tid, Err(cancelled(&spec.name)), fx);
+            return;
+        }
+        let args = match self.resolve_args(&spec.args) {
+            Ok(a) => a,
+            Err(e) => {
+                self.worker_idle(wid);
+                self.finish_task(tid, Err(e), fx);
+                return;
+            }
+        };
+        let Some(w) = self.workers.get_mut(&wid) else {
+            return;
+        };
+        let Some(conn) = w.conn.clone() else { return };
+        w.status = WorkerStatus::Busy(tid);
+        w.assigned = None;
+        *w.label.lock().unwrap_or_else(|p| p.into_inner()) = short_name(&spec.name).to_string();
+        let t = self.tasks.get_mut(&tid).expect("checked above");
+        t.state = TaskState::Running;
+        t.worker = Some(wid);
+        fx.push(Effect::Send(conn, ToWorker::Execute { task_id: tid, name: spec.name.clone(), args, gpu_ids, attempt }));
+    }
+
+    /// Ends a task: its value (or error) is stored, its resources and arguments released.
+    /// User errors are retried first when the task asked for it.
+    pub(crate) fn finish_task(&mut self, tid: TaskId, result: Result<(Payload, Vec<RefKey>), TaskError>, fx: &mut Vec<Effect>) {
+        let Some(t) = self.tasks.get_mut(&tid) else {
+            return;
+        };
+        let result = if t.cancelled { Err(cancelled(&t.spec.name)) } else { result };
+        if let Err(e) = &result {
+            let user = matches!(e.kind, ErrorKind::UserError | ErrorKind::UserPanic);
+            if user && t.spec.retry_exceptions && t.retries_left > 0 {
+                t.retries_left -= 1;
+                t.attempt += 1;
+                t.worker = None;
+                if let Some((a, from)) = t.alloc.take() {
+                    let lent = std::mem::take(&mut t.cpu_lent);
+                    self.release_alloc(a, from, lent);
+                }
+                self.enqueue_task(tid);
+                return;
+            }
+        }
+        let t = self.tasks.remove(&tid).expect("checked above");
+        if let Some((a, from)) = t.alloc.clone() {
+            self.release_alloc(a, from, t.cpu_lent);
+        }
+        let ret = t.spec.return_id();
+        let mut info = self.task_info(tid, &t);
+        match result {
+            Ok((payload, contained)) => match StoredData::from_payload(payload) {
+                Ok(data) => {
+                    info.state = TaskState::Finished;
+                    self.set_ready(ret, data, contained, fx);
+                }
+                Err(e) => {
+                    info.state = TaskState::Failed;
+                    self.set_failed(ret, e, fx)
+                }
+            },
+            Err(e) => {
+                info.state = if e.kind == ErrorKind::Cancelled { TaskState::Cancelled } else { TaskState::Failed };
+                info.error = Some(e.to_string());
+                self.set_failed(ret, e.with_task(&t.spec.name), fx);
+            }
+        }
+        self.record_history(info);
+        self.release_args(&t.spec.args, &t.spec.contained, fx);
+    }
+
+    pub(crate) fn release_args(&mut self, args: &[Arg], contained: &[RefKey], fx: &mut Vec<Effect>) {
+        for a in args {
+            if let Arg::Ref(id) = a {
+                self.release_task_ref(*id, fx);
+            }
+        }
+        for k in contained {
+            self.release_contained(*k, fx);
+        }
+    }
+
+    /// The worker running (or starting for) a task died: retry with backoff, or fail.
+    pub(crate) fn task_worker_died(&mut self, tid: TaskId, reason: &str, fx: &mut Vec<Effect>) {
+        let Some(t) = self.tasks.get_mut(&tid) else {
+            return;
+        };
+        t.worker = None;
+        if let Some((a, from)) = t.alloc.take() {
+            let lent = std::mem::take(&mut t.cpu_lent);
+            self.release_alloc(a, from, lent);
+        }
+        let t = self.tasks.get_mut(&tid).expect("checked above");
+        if t.cancelled {
+            let name = t.spec.name.clone();
+            self.finish_task(tid, Err(cancelled(&name)), fx);
+        } else if t.retries_left > 0 {
+            t.retries_left -= 1;
+            t.attempt += 1;
+            t.state = TaskState::PendingRetry;
+            tracing::info!(task = %tid, attempt = t.attempt, "retrying `{}` after its worker died: {reason}", t.spec.name);
+            let at = Instant::now() + backoff(t.attempt);
+            self.delayed.push((at, tid));
+        } else {
+            let msg = format!(
+                "the worker process running `{}` died ({reason}) and no retries are left (max_retries={})",
+                t.spec.name, t.spec.max_retries
+            );
+            self.finish_task(tid, Err(TaskError::new(ErrorKind::WorkerDied, msg)), fx);
+        }
+    }
+
+    /// A worker blocked in `get` gives its task's CPUs back until the get returns.
+    pub(crate) fn lend_cpu(&mut self, wid: WorkerId) {
+        let Some(w) = self.workers.get_mut(&wid) else {
+            return;
+        };
+        w.blocked_gets += 1;
+        let WorkerStatus::Busy(tid) = w.status else {
+            return;
+        };
+        let Some(t) = self.tasks.get_mut(&tid) else {
+            return;
+        };
+        if t.cpu_lent {
+            return;
+        }
+        let Some((a, from)) = t.alloc.clone() else {
+            return;
+        };
+        let cpu = a.resources.get_fixed(CPU);
+        if cpu == 0 {
+            return;
+        }
+        t.cpu_lent = true;
+        let mut part = Allocation::default();
+        part.resources.set_fixed(CPU, cpu);
+        if let Some(pool) = self.pool_of(from) {
+            pool.release(&part);
+        }
+        self.dirty = true;
+    }
+
+    /// Takes the CPUs back once the worker's last blocking `get` returned (if they are free;
+    /// otherwise the task finishes without them, as Ray's borrowed CPUs do).
+    pub(crate) fn reclaim_cpu(&mut self, wid: WorkerId) {
+        let Some(w) = self.workers.get_mut(&wid) else {
+            return;
+        };
+        w.blocked_gets = w.blocked_gets.saturating_sub(1);
+        if w.blocked_gets > 0 {
+            return;
+        }
+        let WorkerStatus::Busy(tid) = w.status else {
+            return;
+        };
+        let Some(t) = self.tasks.get(&tid) else {
+            return;
+        };
+        if !t.cpu_lent {
+            return;
+        }
+        let Some((a, from)) = t.alloc.clone() else {
+            return;
+        };
+        let mut req = ResourceSet::new();
+        req.set_fixed(CPU, a.resources.get_fixed(CPU));
+        let took = self.pool_of(from).and_then(|p| p.try_allocate(&req)).is_some();
+        if took {
+            if let Some(t) = self.tasks.get_mut(&tid) {
+                t.cpu_lent = false;
+            }
+        }
+    }
+
+    pub(crate) fn cancel(&mut self, id: ObjectId, force: bool, fx: &mut Vec<Effect>) -> Result<(), TaskError> {
+        let tid = id.task;
+        if let Some(t) = self.tasks.get_mut(&tid) {
+            t.cancelled = true;
+            match t.state {
+                TaskState::Running => {
+                    let wid = t.worker;
+                    let w = wid.and_then(|w| self.workers.get(&w));
+                    match (force, w) {
+                        (true, Some(w)) => fx.extend(w.pid.map(Effect::Kill)),
+                        (false, Some(w)) => {
+                            if let Some(c) = &w.conn {
+                                fx.push(Effect::Send(c.clone(), ToWorker::Cancel { task_id: tid }));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                TaskState::PendingWorker => {
+                    if let Some(w) = t.worker.and_then(|w| self.workers.get_mut(&w)) {
+                        w.assigned = None;
+                    }
+                    let name = t.spec.name.clone();
+                    self.finish_task(tid, Err(cancelled(&name)), fx);
+                }
+                _ => {
+                    self.delayed.retain(|(_, d)| *d != tid);
+                    let name = t.spec.name.clone();
+                    self.finish_task(tid, Err(cancelled(&name)), fx);
+                }
+            }
+            return Ok(());
+        }
+        if let Some(&aid) = self.actor_calls.get(&tid) {
+            return self.cancel_actor_call(aid, tid, fx);
+        }
+        // Already finished (or unknown): nothing to cancel, as in Ray.
+        Ok(())
+    }
+
+    // ---- placement groups ----
+
+    pub(crate) fn create_placement_group(&mut self, spec: PlacementGroupSpec, _fx: &mut Vec<Effect>) -> Result<(), TaskError> {
+        if spec.bundles.is_empty() {
+            return Err(TaskError::new(ErrorKind::Infeasible, "a placement group needs at least one bundle"));
+        }
+        for (i, b) in spec.bundles.iter().enumerate() {
+            if b.is_empty() {
+                return Err(TaskError::new(
+                    ErrorKind::Infeasible,
+                    format!("bundle {i} is empty; every bundle must ask for something"),
+                ));
+            }
+            ResourcePool::validate_request(b).map_err(|m| TaskError::new(ErrorKind::Infeasible, format!("bundle {i}: {m}")))?;
+        }
+        let id = spec.id;
+        self.pgs.insert(id, PgEntry { spec, state: PgState::Pending, waiters: Vec::new() });
+        self.pending_pgs.push_back(id);
+        self.dirty = true;
+        Ok(())
+    }
+
+    fn schedule_placement_groups(&mut self, fx: &mut Vec<Effect>) {
+        let mut still = VecDeque::new();
+        while let Some(id) = self.pending_pgs.pop_front() {
+            let Some(pg) = self.pgs.get(&id) else {
+                continue;
+            };
+            if !matches!(pg.state, PgState::Pending) {
+                continue;
+            }
+            let view = [NodeView { id: LOCAL, pool: &self.pool }];
+            match scheduler::place_bundles(&pg.spec.bundles, pg.spec.strategy, &view) {
+                BundlePlacement::Placed(_nodes) => {
+                    let bundles = pg.spec.bundles.clone();
+                    let mut made = Vec::with_capacity(bundles.len());
+                    for b in &bundles {
+                        match self.pool.try_allocate(b) {
+                            Some(a) => made.push((ResourcePool::from_allocation(&a), a)),
+                            None => break,
+                        }
+                    }
+                    if made.len() < bundles.len() {
+                        // Cannot happen (placement simulated the same allocations); undo and wait.
+                        for (_, a) in made {
+                            self.pool.release(&a);
+                        }
+                        still.push_back(id);
+                        continue;
+                    }
+                    let pg = self.pgs.get_mut(&id).expect("checked above");
+                    pg.state = PgState::Created(made);
+                    for w in pg.waiters.drain(..) {
+                        fx.push(Effect::CompleteUnit(w, Ok(())));
+                    }
+                    self.dirty = true;
+                }
+                BundlePlacement::Queued => still.push_back(id),
+                BundlePlacement::Infeasible(why) => {
+                    let pg = self.pgs.get_mut(&id).expect("checked above");
+                    let e = TaskError::new(ErrorKind::Infeasible, format!("placement group {id} cannot be created: {why}"));
+                    pg.state = PgState::Infeasible(why);
+                    for w in pg.waiters.drain(..) {
+                        fx.push(Effect::CompleteUnit(w, Err(e.clone())));
+                    }
+                    self.dirty = true;
+                }
+            }
+        }
+        self.pending_pgs = still;
+    }
+
+    pub(crate) fn placement_group_ready(&mut self, id: PlacementGroupId) -> Promise<Result<(), TaskError>> {
+        let Some(pg) = self.pgs.get_mut(&id) else {
+            return Promise::ready(Err(TaskError::new(ErrorKind::NotFound, format!("placement group {id} does not exist"))));
+        };
+        match &pg.state {
+            PgState::Created(_) => Promise::ready(Ok(())),
+            PgState::Infeasible(why) => Promise::ready(Err(TaskError::new(
+                ErrorKind::Infeasible,
+                format!("placement group {id} cannot be created: {why}"),
+            ))),
+            PgState::Removed => {
+                Promise::ready(Err(TaskError::new(ErrorKind::NotFound, format!("placement group {id} was removed"))))
+            }
+            PgState::Pending => {
+                let p = Promise::new();
+                pg.waiters.push(p.clone());
+                p
+            }
+        }
+    }
+
+    /// Removes a group: its bundles go back to the node; work placed in them is killed and fails.
+    pub(crate) fn remove_placement_group(&mut self, id: PlacementGroupId, fx: &mut Vec<Effect>) -> Result<(), TaskError> {
+        let Some(pg) = self.pgs.get_mut(&id) else {
+            return Err(TaskError::new(ErrorKind::NotFound, format!("placement group {id} does not exist")));
+        };
+        let old = std::mem::replace(&mut pg.state, PgState::Removed);
+        let e = TaskError::new(ErrorKind::NotFound, format!("placement group {id} was removed"));
+        for w in pg.waiters.drain(..) {
+            fx.push(Effect::CompleteUnit(w, Err(e.clone())));
+        }
+        if let PgState::Created(bundles) = old {
+            for (_, a) in bundles {
+                self.pool.release(&a);
+            }
+        }
+        // Running tasks in the group: no retries, kill their workers.
+        let in_group = |from: &AllocFrom| matches!(from, AllocFrom::Bundle(p, _) if *p == id);
+        let mut kills = Vec::new();
+        for t in self.tasks.values_mut() {
+            if t.alloc.as_ref().is_some_and(|(_, f)| in_group(f)) {
+                t.retries_left = 0;
+                t.alloc = None;
+                if let Some(w) = t.worker.and_then(|w| self.workers.get(&w)) {
+                    kills.extend(w.pid);
+                }
+            }
+        }
+        fx.extend(kills.into_iter().map(Effect::Kill));
+        let actors: Vec<_> =
+            self.actors.iter().filter(|(_, a)| a.alloc.as_ref().is_some_and(|(_, f)| in_group(f))).map(|(id, _)| *id).collect();
+        for aid in actors {
+            if let Some(a) = self.actors.get_mut(&aid) {
+                a.alloc = None;
+            }
+            let err = TaskError::new(ErrorKind::ActorDied, format!("the actor's placement group {id} was removed"));
+            self.mark_actor_dead(aid, err, fx);
+        }
+        self.dirty = true;
+        Ok(())
+    }
+}
+
+pub(crate) fn cancelled(name: &str) -> TaskError {
+    TaskError::new(ErrorKind::Cancelled, "the task was cancelled").with_task(name)
+}
+
+/// `crate::module::f` -> `f`, for log prefixes.
+pub(crate) fn short_name(name: &str) -> &str {
+    name.rsplit("::").next().unwrap_or(name)
+}

@@ -1,0 +1,72 @@
+//! Writing objects: small values inline, large ones into a file in the node's shared-memory
+//! directory (mapped by readers on the node), and spill files on disk.
+
+use crate::codec::{capture_refs, ObjectData, Payload, RefKey, ReturnValue, INLINE_THRESHOLD};
+use crate::error::{ErrorKind, TaskError};
+use crate::ids::ObjectId;
+use crate::runtime::StoredData;
+use std::fs::OpenOptions;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// The file name of an object in the shared-memory directory.
+pub(crate) fn object_file(dir: &Path, id: ObjectId) -> PathBuf {
+    dir.join(format!("{:x}.{}", id.task.0, id.index))
+}
+
+/// Encodes `value` for object `id`: inline when small, else into a shared-memory file.
+/// Returns the payload and the references found inside the value.
+pub(crate) fn encode_object(dir: &Path, id: ObjectId, value: &dyn ReturnValue) -> Result<(Payload, Vec<RefKey>), TaskError> {
+    let (payload, contained) = capture_refs(|| -> Result<Payload, TaskError> {
+        let size = value.encoded_size()?;
+        if size < INLINE_THRESHOLD {
+            let mut buf = vec![0u8; size as usize];
+            value.encode_into(&mut buf)?;
+            Ok(Payload::Inline(buf))
+        } else {
+            let path = object_file(dir, id);
+            write_file(&path, size, |out| value.encode_into(out))?;
+            Ok(Payload::File { path: path.to_string_lossy().into_owned(), size })
+        }
+    });
+    Ok((payload?, contained))
+}
+
+/// Creates `path` with `size` bytes reserved up front (so a full tmpfs is an error here, not a
+/// SIGBUS later), maps it and lets `fill` write it.
+pub(crate) fn write_file(path: &Path, size: u64, fill: impl FnOnce(&mut [u8]) -> Result<(), TaskError>) -> Result<(), TaskError> {
+    let sys = |what: &str, e: std::io::Error| {
+        TaskError::new(ErrorKind::System, format!("object store: could not {what} {}: {e}", path.display()))
+    };
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).map_err(|e| sys("create", e))?;
+    // Safety: plain FFI on a file descriptor we own.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size as libc::off_t) };
+    if rc != 0 {
+        let _ = std::fs::remove_file(path);
+        let e = std::io::Error::from_raw_os_error(rc);
+        return Err(TaskError::new(
+            ErrorKind::System,
+            format!(
+                "object store: no room for a {size}-byte object in {} ({e}); free objects, lower object_store_memory, or enlarge /dev/shm",
+                path.parent().map(|p| p.display().to_string()).unwrap_or_default()
+            ),
+        ));
+    }
+    // Safety: the file was just created by us and nobody else maps it until it is published.
+    let mut map =
+        unsafe { memmap2::MmapOptions::new().len(size as usize).populate().map_mut(&file) }.map_err(|e| sys("map", e))?;
+    let res = fill(&mut map[..]);
+    if res.is_err() {
+        drop(map);
+        let _ = std::fs::remove_file(path);
+    }
+    res
+}
+
+/// Maps or borrows stored bytes so they can be decoded here.
+pub(crate) fn materialize(data: &StoredData) -> Result<ObjectData, std::io::Error> {
+    match data {
+        StoredData::Inline(v) => Ok(ObjectData::Inline(v.clone())),
+        StoredData::File { path, .. } => ObjectData::map_file(path),
+    }
+}
