@@ -50,6 +50,8 @@ pub fn init() -> Result<()> {
 /// Like [`init`], with settings.
 pub fn init_with(config: Config) -> Result<()> {
     worker::maybe_run();
+    static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = STARTING.lock().unwrap_or_else(|p| p.into_inner());
     if runtime::try_runtime().is_some() {
         return Ok(());
     }
@@ -57,10 +59,9 @@ pub fn init_with(config: Config) -> Result<()> {
     let shm = node.session.shm_dir.clone();
     let core: Arc<dyn runtime::Core> = Arc::new(node::DriverCore { node });
     let rt = Arc::new(runtime::Runtime::new(core, ids::WorkerId::DRIVER, shm));
-    if runtime::install(rt.clone()).is_err() {
-        // Another thread won the race; stop ours and use theirs.
+    if let Err(e) = runtime::install(rt.clone()) {
         rt.core.shutdown();
-        return Ok(());
+        return Err(e.into());
     }
     static AT_EXIT: Once = Once::new();
     AT_EXIT.call_once(|| {

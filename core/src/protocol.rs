@@ -3,7 +3,7 @@
 //! frames (they go through shared-memory files), so a frame past the bound is a protocol error.
 //! **Architecture Invariant:** only this module knows the wire format of node-worker messages.
 
-use crate::codec::{Arg, Payload, RefKey};
+use crate::codec::{Payload, RefKey};
 use crate::error::TaskError;
 use crate::ids::{ActorId, ObjectId, PlacementGroupId, TaskId, WorkerId};
 use crate::runtime::StateQuery;
@@ -82,14 +82,6 @@ pub enum ToWorker {
     Reply { req: u64, body: Reply },
     Cancel { task_id: TaskId },
     Exit,
-}
-
-/// Values passed by value are inline payloads at dispatch.
-pub(crate) fn inline_arg(arg: &Arg) -> Option<Payload> {
-    match arg {
-        Arg::Value(v) => Some(Payload::Inline(v.clone())),
-        Arg::Ref(_) => None,
-    }
 }
 
 /// The sending half of a connection, shared by the threads that send on it.

@@ -39,6 +39,22 @@ fn fmt_fixed(v: u64) -> String {
     }
 }
 
+/// Bytes in the largest binary unit that keeps the number at least 1 (e.g. `23.5 GiB`).
+pub fn fmt_bytes(b: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < units.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
+}
+
 /// A set of named resource amounts in fixed point; absent names are zero.
 #[derive(Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ResourceSet(BTreeMap<String, u64>);
@@ -128,7 +144,7 @@ impl fmt::Display for ResourceSet {
                 write!(f, ", ")?;
             }
             if k == MEMORY {
-                write!(f, "{k}: {} B", v / UNIT)?;
+                write!(f, "{k}: {}", fmt_bytes(v / UNIT))?;
             } else {
                 write!(f, "{k}: {}", fmt_fixed(v))?;
             }

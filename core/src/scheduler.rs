@@ -75,17 +75,16 @@ pub fn infeasibility(req: &ResourceSet, nodes: &[NodeView<'_>]) -> Option<String
     if nodes.iter().any(|n| n.pool.could_fit(req).is_ok()) {
         return None;
     }
-    let largest = nodes
-        .iter()
-        .max_by(|a, b| a.pool.utilization().total_cmp(&b.pool.utilization()).reverse())
-        .map(|n| format!("{}", n.pool.total()))
-        .unwrap_or_else(|| "no nodes".to_string());
-    let missing = nodes.first().map(|n| n.pool.could_fit(req).unwrap_err()).unwrap_or_else(|| req.clone());
-    Some(format!(
-        "needs {req} but no node has that much in total (the cluster has {} node(s), e.g. {largest}; short of {missing}); \
-         lower the request or add a node that has it",
-        nodes.len()
-    ))
+    // Name the node that comes closest: the one short of the fewest resources.
+    let closest = nodes.iter().min_by_key(|n| n.pool.could_fit(req).err().map(|m| m.iter().count()).unwrap_or(0));
+    match closest {
+        Some(n) => Some(format!(
+            "needs {req} but the largest node has {} (short of {}); lower the request or add a node that has it",
+            n.pool.total(),
+            n.pool.could_fit(req).err().unwrap_or_default()
+        )),
+        None => Some(format!("needs {req} but the cluster has no nodes")),
+    }
 }
 
 fn fits_now(req: &ResourceSet, pool: &ResourcePool) -> bool {

@@ -130,6 +130,10 @@ pub struct ClusterResources {
     pub store_capacity: u64,
     pub store_used: u64,
     pub spilled_bytes_total: u64,
+    /// Node labels, e.g. `accelerator_type=H200`.
+    pub labels: Vec<(String, String)>,
+    /// The session directory (logs are in its `logs/`).
+    pub session_dir: String,
 }
 
 /// One answer of the state API.

@@ -56,6 +56,7 @@ pub(crate) struct NodeConfig {
     pub log_to_driver: bool,
     pub labels: Vec<(String, String)>,
     pub spill_dir: std::path::PathBuf,
+    pub session_dir: std::path::PathBuf,
 }
 
 impl NodeConfig {
@@ -91,6 +92,7 @@ impl NodeConfig {
             log_to_driver: cfg.log_to_driver,
             labels: cfg.labels.clone(),
             spill_dir: session.spill.clone(),
+            session_dir: session.dir.clone(),
         })
     }
 }

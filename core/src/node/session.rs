@@ -15,7 +15,8 @@ impl Session {
     pub(crate) fn create(temp_dir: Option<&Path>) -> Result<Session, crate::Error> {
         let base = temp_dir.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/tmp/flare"));
         let pid = std::process::id();
-        let stamp = crate::util::now_ms();
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let stamp = format!("{}{}", crate::util::now_ms(), SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         let dir = base.join(format!("session_{stamp}_{pid}"));
         let logs = dir.join("logs");
         let spill = dir.join("spill");

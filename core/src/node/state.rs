@@ -356,6 +356,8 @@ impl NodeState {
                     store_capacity: self.cfg.store_capacity,
                     store_used: self.store_used,
                     spilled_bytes_total: self.spilled_total,
+                    labels: self.cfg.labels.clone(),
+                    session_dir: self.cfg.session_dir.to_string_lossy().into_owned(),
                 });
             }
         }

@@ -1,0 +1,77 @@
+//! Fault tolerance with real SIGKILLs: tasks are retried on a new worker and the driver gets the
+//! right answer; without retries it gets `WorkerDied`.
+
+mod common;
+
+use common::{eventually, init, sigkill, temp_path};
+use flare::prelude::*;
+use std::path::Path;
+use std::time::Duration;
+
+fn setup() {
+    init(Config::new().num_cpus(4.0));
+}
+
+/// First attempt: records its pid and hangs. A retry sees the record and answers.
+#[flare::remote]
+fn hang_once(marker: String, answer: u64) -> u64 {
+    if Path::new(&marker).exists() {
+        return answer;
+    }
+    std::fs::write(&marker, std::process::id().to_string()).unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+    0
+}
+
+fn pid_in(marker: &str) -> u32 {
+    assert!(eventually(Duration::from_secs(20), || std::fs::read_to_string(marker).is_ok_and(|s| !s.is_empty())));
+    std::fs::read_to_string(marker).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn sigkilled_task_is_retried_with_the_right_answer() {
+    setup();
+    let marker = temp_path("retry");
+    let r = hang_once::remote(marker.clone(), 42);
+    sigkill(pid_in(&marker));
+    assert_eq!(r.get_timeout(Duration::from_secs(30)).unwrap(), 42);
+    let t = flare::list(flare::StateQuery::Tasks).unwrap().tasks.into_iter().find(|t| t.task_id == r.id().task).unwrap();
+    assert_eq!(t.attempt, 1, "one retry");
+    let _ = std::fs::remove_file(marker);
+}
+
+#[test]
+fn without_retries_the_caller_gets_worker_died() {
+    setup();
+    let marker = temp_path("noretry");
+    let r = hang_once::options().max_retries(0).remote(marker.clone(), 1);
+    sigkill(pid_in(&marker));
+    let e = r.get_timeout(Duration::from_secs(30)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WorkerDied);
+    assert!(e.to_string().contains("SIGKILL"), "{e}");
+    let _ = std::fs::remove_file(marker);
+}
+
+#[flare::remote]
+fn flaky(marker: String) -> Result<u32, String> {
+    let n = std::fs::read_to_string(&marker).map(|s| s.len()).unwrap_or(0);
+    std::fs::write(&marker, "x".repeat(n + 1)).unwrap();
+    if n < 2 {
+        Err(format!("attempt {n} failed"))
+    } else {
+        Ok(n as u32)
+    }
+}
+
+#[test]
+fn user_errors_are_retried_only_when_asked() {
+    setup();
+    let m1 = temp_path("flaky1");
+    let e = flaky::remote(m1.clone()).get().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::UserError);
+    assert_eq!(std::fs::read_to_string(&m1).unwrap().len(), 1, "not retried by default");
+    let m2 = temp_path("flaky2");
+    assert_eq!(flaky::options().retry_exceptions(true).max_retries(3).remote(m2.clone()).get().unwrap(), 2);
+    let _ = std::fs::remove_file(m1);
+    let _ = std::fs::remove_file(m2);
+}
