@@ -241,3 +241,27 @@ fn dropping_every_handle_ends_the_actor() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(std::path::Path::new(&format!("/proc/{dpid}")).exists());
 }
+
+/// Holds handles it was given inside a value.
+struct Holder {
+    inner: Vec<ActorHandle<Counter>>,
+}
+
+#[flare::actor]
+impl Holder {
+    fn new(inner: Vec<ActorHandle<Counter>>) -> Self {
+        Holder { inner }
+    }
+    fn total(&self) -> flare::Result<i64> {
+        let refs: Vec<_> = self.inner.iter().map(|c| c.get()).collect();
+        Ok(flare::get_all(&refs)?.iter().sum())
+    }
+}
+
+#[test]
+fn handles_inside_arguments_stay_alive_in_transit() {
+    setup();
+    // The only driver-side handles are dropped while the argument travels to the node.
+    let h = Holder::remote(vec![Counter::remote(3).spawn().unwrap(), Counter::remote(4).spawn().unwrap()]).spawn().unwrap();
+    assert_eq!(h.total().get().unwrap(), 7);
+}

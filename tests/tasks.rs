@@ -258,3 +258,17 @@ fn state_api_lists_work() {
     let res = flare::cluster_resources().unwrap();
     assert_eq!(res.total.get("CPU"), 4.0);
 }
+
+#[flare::remote]
+fn make_ref(v: u64) -> flare::Result<ObjectRef<u64>> {
+    Ok(flare::put(&v)?)
+}
+
+#[test]
+fn refs_returned_from_tasks_outlive_the_task() {
+    setup();
+    // The task's own reference is dropped when it returns; the one inside its result lives on.
+    let outer = make_ref::remote(99);
+    let inner: ObjectRef<u64> = outer.get().unwrap();
+    assert_eq!(inner.get().unwrap(), 99);
+}

@@ -177,7 +177,7 @@ pub fn get_all<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
 pub fn put<T: Serialize + Send>(value: &T) -> Result<ObjectRef<T>> {
     let rt = runtime()?;
     let id = ObjectId::for_return(rt.ids.next_task(), 0);
-    let (payload, contained) = encode_object(&rt.shm_dir, id, value)?;
+    let (payload, contained) = encode_object(&rt, id, value)?;
     let r = ObjectRef::owned(&rt, id);
     rt.core.put(id, payload, contained);
     Ok(r)
@@ -197,6 +197,12 @@ pub fn wait<T>(
         )));
     }
     let rt = runtime()?;
+    let ids: Vec<ObjectId> = refs.iter().map(|r| r.id).collect();
+    if let Some(now) = rt.core.resolved_now(&ids) {
+        if now.iter().filter(|f| **f).count() >= num_returns || timeout == Some(Duration::ZERO) {
+            return Ok(split_ready(refs, &now, num_returns));
+        }
+    }
     let done = Arc::new((Mutex::new(vec![false; refs.len()]), Condvar::new()));
     for (i, r) in refs.iter().enumerate() {
         let d = done.clone();
@@ -223,17 +229,21 @@ pub fn wait<T>(
             }
         }
     }
-    // Ray returns at most num_returns as ready.
+    Ok(split_ready(refs, &flags, num_returns))
+}
+
+/// Splits refs into (ready, not ready); like Ray, at most `num_returns` count as ready.
+fn split_ready<T>(refs: &[ObjectRef<T>], flags: &[bool], num_returns: usize) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
     let mut ready = Vec::new();
     let mut not_ready = Vec::new();
-    for (r, f) in refs.iter().zip(flags.iter()) {
+    for (r, f) in refs.iter().zip(flags) {
         if *f && ready.len() < num_returns.max(1) {
             ready.push(r.clone());
         } else {
             not_ready.push(r.clone());
         }
     }
-    Ok((ready, not_ready))
+    (ready, not_ready)
 }
 
 /// Cancels the task that produces `r`: a queued task never runs; a running one is asked to stop
@@ -243,10 +253,40 @@ pub fn cancel<T>(r: &ObjectRef<T>, force: bool) -> Result<()> {
     Ok(runtime()?.core.cancel(r.id, force)?)
 }
 
-/// One argument as the macro-generated code hands it over.
+/// One argument as the macro-generated code hands it over. A value keeps the references
+/// found inside it counted until the submission has reached the node.
 pub enum ArgSlot {
-    Value(Vec<u8>, Vec<RefKey>),
+    Value(Vec<u8>, RefGuard),
     Ref(ObjectRef<()>),
+}
+
+/// Holds this process's count on some references, so they stay alive while a value that
+/// contains them travels to the node even if the value itself was already dropped.
+pub struct RefGuard(Vec<RefKey>);
+
+impl RefGuard {
+    pub(crate) fn hold(keys: Vec<RefKey>) -> Self {
+        if let Some(rt) = try_runtime() {
+            for k in &keys {
+                rt.add_local_ref(*k);
+            }
+        }
+        RefGuard(keys)
+    }
+
+    pub(crate) fn keys(&self) -> &[RefKey] {
+        &self.0
+    }
+}
+
+impl Drop for RefGuard {
+    fn drop(&mut self) {
+        if let Some(rt) = try_runtime() {
+            for k in &self.0 {
+                rt.remove_local_ref(*k);
+            }
+        }
+    }
 }
 
 /// What can be passed where a task parameter of type `T` is expected: a `T`, or a reference to
@@ -258,7 +298,7 @@ pub trait IntoArg<T> {
 impl<T: Serialize> IntoArg<T> for T {
     fn into_arg(self) -> std::result::Result<ArgSlot, TaskError> {
         let (bytes, contained) = crate::codec::capture_refs(|| encode(&self));
-        Ok(ArgSlot::Value(bytes?, contained))
+        Ok(ArgSlot::Value(bytes?, RefGuard::hold(contained)))
     }
 }
 
@@ -287,35 +327,45 @@ impl ObjectRef<()> {
 pub(crate) fn build_args(
     rt: &Runtime,
     slots: Vec<std::result::Result<ArgSlot, TaskError>>,
-) -> std::result::Result<(Vec<Arg>, Vec<RefKey>, Vec<ObjectRef<()>>), TaskError> {
+) -> std::result::Result<(Vec<Arg>, Vec<RefKey>, Keep), TaskError> {
     let mut args = Vec::with_capacity(slots.len());
     let mut contained = Vec::new();
-    let mut keep = Vec::new();
+    let mut keep = Keep::default();
     for slot in slots {
         match slot? {
             ArgSlot::Value(bytes, refs) if (bytes.len() as u64) < INLINE_THRESHOLD => {
-                contained.extend(refs);
+                contained.extend_from_slice(refs.keys());
                 args.push(Arg::Value(bytes));
+                keep.guards.push(refs);
             }
             ArgSlot::Value(bytes, refs) => {
                 let id = ObjectId::for_return(rt.ids.next_task(), 0);
                 let payload = large_bytes_payload(rt, id, bytes)?;
                 let r = ObjectRef::<()>::owned(rt, id);
-                rt.core.put(id, payload, refs);
+                rt.core.put(id, payload, refs.keys().to_vec());
                 args.push(Arg::Ref(id));
-                keep.push(r);
+                keep.refs.push(r);
+                keep.guards.push(refs);
             }
             ArgSlot::Ref(r) => {
                 args.push(Arg::Ref(r.id));
-                keep.push(r);
+                keep.refs.push(r);
             }
         }
     }
     Ok((args, contained, keep))
 }
 
+/// What must stay alive until a submission is sent.
+#[derive(Default)]
+pub(crate) struct Keep {
+    refs: Vec<ObjectRef<()>>,
+    guards: Vec<RefGuard>,
+}
+
 fn large_bytes_payload(rt: &Runtime, id: ObjectId, bytes: Vec<u8>) -> std::result::Result<Payload, TaskError> {
     let path = crate::store::object_file(&rt.shm_dir, id);
+    crate::store::adopt_recycled(rt, &path, bytes.len() as u64);
     crate::store::write_file(&path, bytes.len() as u64, |out| {
         out.copy_from_slice(&bytes);
         Ok(())

@@ -29,6 +29,7 @@ pub enum Request {
     RemovePlacementGroup(PlacementGroupId),
     PlacementGroupReady(PlacementGroupId),
     State(StateQuery),
+    RecycledFile(u64),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -37,6 +38,7 @@ pub enum Reply {
     Object(Result<Payload, TaskError>),
     NamedActor(Result<(ActorId, String), TaskError>),
     State(Box<Result<StateSnapshot, TaskError>>),
+    Path(Option<String>),
 }
 
 /// What a finished task or actor call sends back: its value and the references inside it, or its error.

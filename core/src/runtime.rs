@@ -74,6 +74,12 @@ pub(crate) trait Core: Send + Sync {
     fn placement_group_ready(&self, id: PlacementGroupId) -> Promise<Result<(), TaskError>>;
     fn state(&self, query: StateQuery) -> Result<StateSnapshot, TaskError>;
     fn shutdown(&self);
+    /// Which of `ids` are resolved now, if this core can tell without a round trip.
+    fn resolved_now(&self, _ids: &[ObjectId]) -> Option<Vec<bool>> {
+        None
+    }
+    /// A freed store file of at least about `size` bytes that the caller may take over.
+    fn recycled_file(&self, size: u64) -> Option<String>;
 }
 
 /// This process's counts of the references it holds. The node hears only of the first and

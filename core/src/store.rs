@@ -4,7 +4,7 @@
 use crate::codec::{capture_refs, ObjectData, Payload, RefKey, ReturnValue, INLINE_THRESHOLD};
 use crate::error::{ErrorKind, TaskError};
 use crate::ids::ObjectId;
-use crate::runtime::StoredData;
+use crate::runtime::{Runtime, StoredData};
 use std::fs::OpenOptions;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -14,9 +14,13 @@ pub(crate) fn object_file(dir: &Path, id: ObjectId) -> PathBuf {
     dir.join(format!("{:x}.{}", id.task.0, id.index))
 }
 
+/// Objects at least this large give their file back to the node for reuse when freed, since a
+/// tmpfs file whose pages already exist is written about 3.5x faster than a new one.
+pub(crate) const RECYCLE_MIN: u64 = 1 << 20;
+
 /// Encodes `value` for object `id`: inline when small, else into a shared-memory file.
 /// Returns the payload and the references found inside the value.
-pub(crate) fn encode_object(dir: &Path, id: ObjectId, value: &dyn ReturnValue) -> Result<(Payload, Vec<RefKey>), TaskError> {
+pub(crate) fn encode_object(rt: &Runtime, id: ObjectId, value: &dyn ReturnValue) -> Result<(Payload, Vec<RefKey>), TaskError> {
     let (payload, contained) = capture_refs(|| -> Result<Payload, TaskError> {
         let size = value.encoded_size()?;
         if size < INLINE_THRESHOLD {
@@ -24,7 +28,8 @@ pub(crate) fn encode_object(dir: &Path, id: ObjectId, value: &dyn ReturnValue) -
             value.encode_into(&mut buf)?;
             Ok(Payload::Inline(buf))
         } else {
-            let path = object_file(dir, id);
+            let path = object_file(&rt.shm_dir, id);
+            adopt_recycled(rt, &path, size);
             write_file(&path, size, |out| value.encode_into(out))?;
             Ok(Payload::File { path: path.to_string_lossy().into_owned(), size })
         }
@@ -38,7 +43,8 @@ pub(crate) fn write_file(path: &Path, size: u64, fill: impl FnOnce(&mut [u8]) ->
     let sys = |what: &str, e: std::io::Error| {
         TaskError::new(ErrorKind::System, format!("object store: could not {what} {}: {e}", path.display()))
     };
-    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).map_err(|e| sys("create", e))?;
+    // No truncation: a recycled file keeps its pages; set_len below trims any excess.
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(|e| sys("create", e))?;
     // Safety: plain FFI on a file descriptor we own.
     let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size as libc::off_t) };
     if rc != 0 {
@@ -52,6 +58,7 @@ pub(crate) fn write_file(path: &Path, size: u64, fill: impl FnOnce(&mut [u8]) ->
             ),
         ));
     }
+    file.set_len(size).map_err(|e| sys("size", e))?;
     // Safety: the file was just created by us and nobody else maps it until it is published.
     let mut map =
         unsafe { memmap2::MmapOptions::new().len(size as usize).populate().map_mut(&file) }.map_err(|e| sys("map", e))?;
@@ -68,5 +75,17 @@ pub(crate) fn materialize(data: &StoredData) -> Result<ObjectData, std::io::Erro
     match data {
         StoredData::Inline(v) => Ok(ObjectData::Inline(v.clone())),
         StoredData::File { path, .. } => ObjectData::map_file(path),
+    }
+}
+
+/// Moves a recycled store file (if the node has one) to `path`, so writing it reuses its pages.
+pub(crate) fn adopt_recycled(rt: &Runtime, path: &Path, size: u64) {
+    if size < RECYCLE_MIN {
+        return;
+    }
+    if let Some(old) = rt.core.recycled_file(size) {
+        if std::fs::rename(&old, path).is_err() {
+            let _ = std::fs::remove_file(&old);
+        }
     }
 }

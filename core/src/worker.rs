@@ -149,6 +149,20 @@ impl Core for WorkerCore {
         p.wait()
     }
     fn shutdown(&self) {}
+    fn recycled_file(&self, size: u64) -> Option<String> {
+        let p = Promise::new();
+        let q = p.clone();
+        self.request(
+            Request::RecycledFile(size),
+            Box::new(move |r| {
+                q.complete(match r {
+                    Reply::Path(p) => p,
+                    _ => None,
+                })
+            }),
+        );
+        p.wait()
+    }
 }
 
 /// Per-thread facts about the work running now.
@@ -217,13 +231,20 @@ fn materialize_args(args: Vec<Payload>) -> Result<Vec<ObjectData>, TaskError> {
         .collect()
 }
 
-fn encode_result(
-    shm: &std::path::Path,
-    task_id: TaskId,
-    value: Result<Box<dyn ReturnValue>, TaskError>,
-) -> crate::protocol::TaskResult {
-    let v = value?;
-    crate::store::encode_object(shm, ObjectId::for_return(task_id, 0), &*v)
+/// Encodes a result and reports it. The value is dropped only after the report is sent, so the
+/// references inside it are still counted when the node learns of them.
+fn report(ctx: &Ctx, task_id: TaskId, value: Result<Box<dyn ReturnValue>, TaskError>) {
+    match value {
+        Ok(v) => {
+            let encoded = match crate::runtime::runtime() {
+                Ok(rt) => crate::store::encode_object(&rt, ObjectId::for_return(task_id, 0), &*v),
+                Err(e) => Err(e),
+            };
+            ctx.done(task_id, encoded);
+            drop(v);
+        }
+        Err(e) => ctx.done(task_id, Err(e)),
+    }
 }
 
 enum Work {
@@ -234,7 +255,6 @@ enum Work {
 
 struct Ctx {
     core: Arc<WorkerCore>,
-    shm: PathBuf,
 }
 
 impl Ctx {
@@ -254,9 +274,8 @@ fn run_task(ctx: &Ctx, task_id: TaskId, name: &str, args: Vec<Payload>, gpu_ids:
             Err(_) => Err(panic_error()),
         },
     };
-    let result = encode_result(&ctx.shm, task_id, value);
+    report(ctx, task_id, value);
     CURRENT.with(|c| *c.borrow_mut() = Current::default());
-    ctx.done(task_id, result);
 }
 
 fn run_call(
@@ -278,7 +297,7 @@ fn run_call(
     CURRENT.with(|c| c.borrow_mut().task = None);
     match call {
         Ok(MethodCall::Ready(v)) => {
-            ctx.done(task_id, encode_result(&ctx.shm, task_id, v));
+            report(ctx, task_id, v);
             None
         }
         Ok(MethodCall::Future(f)) => Some(f),
@@ -321,7 +340,7 @@ fn run_actor(ctx: Arc<Ctx>, inst: Arc<dyn ActorInstance>, rx: mpsc::Receiver<Wor
                     let _permit = permit;
                     if let Some(fut) = run_call(&ctx, &*inst, task_id, &method, args) {
                         let r = futures_catch(fut).await;
-                        ctx.done(task_id, encode_result(&ctx.shm, task_id, r));
+                        report(&ctx, task_id, r);
                     }
                 });
             }
@@ -436,14 +455,14 @@ fn run(socket: &str, wid: WorkerId, shm: PathBuf) -> ! {
     let conn = Arc::new(Conn::new(write_half));
     let core = Arc::new(WorkerCore { conn: conn.clone(), pending: Mutex::new(HashMap::new()), next_req: AtomicU64::new(1) });
     core.send(ToNode::Register { worker_id: wid, pid: std::process::id() });
-    let rt = Arc::new(Runtime::new(core.clone(), wid, shm.clone()));
+    let rt = Arc::new(Runtime::new(core.clone(), wid, shm));
     if crate::runtime::install(rt).is_err() {
         std::process::exit(1);
     }
     install_panic_hook();
     *CANCELLED.lock().unwrap_or_else(|p| p.into_inner()) = Some(HashSet::new());
     let (tx, rx) = mpsc::channel::<Work>();
-    let ctx = Arc::new(Ctx { core: core.clone(), shm });
+    let ctx = Arc::new(Ctx { core: core.clone() });
     std::thread::Builder::new().name("flare-executor".into()).spawn(move || executor(ctx, rx)).ok();
     let mut receiver = Receiver::new(stream);
     loop {

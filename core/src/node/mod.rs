@@ -57,6 +57,7 @@ pub(crate) struct NodeConfig {
     pub labels: Vec<(String, String)>,
     pub spill_dir: std::path::PathBuf,
     pub session_dir: std::path::PathBuf,
+    pub shm_dir: std::path::PathBuf,
 }
 
 impl NodeConfig {
@@ -93,6 +94,7 @@ impl NodeConfig {
             labels: cfg.labels.clone(),
             spill_dir: session.spill.clone(),
             session_dir: session.dir.clone(),
+            shm_dir: session.shm_dir.clone(),
         })
     }
 }
@@ -226,6 +228,10 @@ impl Node {
         self.with_state(|st, _| st.placement_group_ready(id))
     }
 
+    pub(crate) fn recycled_file(&self, size: u64) -> Option<String> {
+        self.lock().take_recycled(size)
+    }
+
     pub(crate) fn state(&self, query: StateQuery) -> StateSnapshot {
         self.with_state(|st, _| st.snapshot(query))
     }
@@ -299,6 +305,14 @@ impl Core for DriverCore {
     }
     fn shutdown(&self) {
         self.node.shutdown()
+    }
+    fn recycled_file(&self, size: u64) -> Option<String> {
+        self.node.recycled_file(size)
+    }
+    fn resolved_now(&self, ids: &[ObjectId]) -> Option<Vec<bool>> {
+        let st = self.node.lock();
+        // A missing object resolves too: its get reports ObjectLost at once.
+        Some(ids.iter().map(|id| st.is_resolved(*id) || !st.objects.contains_key(id)).collect())
     }
 }
 

@@ -201,7 +201,10 @@ impl NodeState {
                     }
                 }
                 if let ObjState::Ready(d) = &o.state {
-                    remove_file(d);
+                    match d {
+                        StoredData::File { path, size } if o.resident_seq.is_some() => self.recycle(path, *size),
+                        _ => remove_file(d),
+                    }
                 }
                 for k in o.contains {
                     self.release_contained(k, fx);
@@ -209,6 +212,32 @@ impl NodeState {
             }
             RefKey::Actor(id) => self.actor_handles_dropped(id, fx),
         }
+    }
+
+    /// Keeps a freed shared-memory file for the next large object, within a budget.
+    fn recycle(&mut self, path: &str, size: u64) {
+        let budget = (self.cfg.store_capacity / 4).min(4 << 30);
+        if size < crate::store::RECYCLE_MIN || self.recycled_bytes + size > budget || self.recycled.len() >= 32 {
+            let _ = std::fs::remove_file(path);
+            return;
+        }
+        self.seq += 1;
+        let target = self.cfg.shm_dir.join(format!("recycled-{}", self.seq));
+        if std::fs::rename(path, &target).is_ok() {
+            self.recycled.push((target, size));
+            self.recycled_bytes += size;
+        } else {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Hands out the recycled file that best fits `size` (the smallest that holds it, else the largest).
+    pub(crate) fn take_recycled(&mut self, size: u64) -> Option<String> {
+        let fits = self.recycled.iter().enumerate().filter(|(_, (_, s))| *s >= size).min_by_key(|(_, (_, s))| *s).map(|(i, _)| i);
+        let i = fits.or_else(|| self.recycled.iter().enumerate().max_by_key(|(_, (_, s))| *s).map(|(i, _)| i))?;
+        let (path, s) = self.recycled.swap_remove(i);
+        self.recycled_bytes -= s;
+        Some(path.to_string_lossy().into_owned())
     }
 
     /// Spills the oldest shared-memory objects to disk until the store fits its capacity.

@@ -183,6 +183,9 @@ pub(crate) struct NodeState {
     pub pending_pgs: VecDeque<PlacementGroupId>,
     /// Finished tasks, newest last, bounded.
     pub history: VecDeque<TaskInfo>,
+    /// Freed store files kept for reuse (path, size), and their total size.
+    pub recycled: Vec<(std::path::PathBuf, u64)>,
+    pub recycled_bytes: u64,
     /// Something changed that may let queued work run.
     pub dirty: bool,
     pub shutting_down: bool,
@@ -213,6 +216,8 @@ impl NodeState {
             pgs: HashMap::new(),
             pending_pgs: VecDeque::new(),
             history: VecDeque::new(),
+            recycled: Vec::new(),
+            recycled_bytes: 0,
             dirty: false,
             shutting_down: false,
         }
