@@ -75,3 +75,21 @@ fn user_errors_are_retried_only_when_asked() {
     let _ = std::fs::remove_file(m1);
     let _ = std::fs::remove_file(m2);
 }
+
+#[flare::remote]
+fn big_output() -> (u32, Buffer) {
+    (std::process::id(), Buffer::from(vec![5u8; 4 << 20]))
+}
+
+#[test]
+fn outputs_outlive_the_worker_that_made_them() {
+    setup();
+    // The node's store, not the worker, holds a task's output: killing the worker loses nothing.
+    let r = big_output::remote();
+    let (pid, _) = r.get().unwrap();
+    sigkill(pid);
+    assert!(eventually(Duration::from_secs(5), || !Path::new(&format!("/proc/{pid}")).exists()));
+    let (_, data) = r.get().unwrap();
+    assert_eq!(data.len(), 4 << 20);
+    assert!(data.iter().all(|b| *b == 5));
+}

@@ -261,7 +261,7 @@ fn state_api_lists_work() {
 
 #[flare::remote]
 fn make_ref(v: u64) -> flare::Result<ObjectRef<u64>> {
-    Ok(flare::put(&v)?)
+    flare::put(&v)
 }
 
 #[test]
@@ -271,4 +271,29 @@ fn refs_returned_from_tasks_outlive_the_task() {
     let outer = make_ref::remote(99);
     let inner: ObjectRef<u64> = outer.get().unwrap();
     assert_eq!(inner.get().unwrap(), 99);
+}
+
+#[flare::remote]
+fn shout(tag: String) -> u32 {
+    println!("stdout line {tag}");
+    eprintln!("stderr line {tag}");
+    std::process::id()
+}
+
+#[test]
+fn worker_output_goes_to_session_logs() {
+    setup();
+    let tag = format!("marker-{}", std::process::id());
+    let pid = shout::remote(tag.clone()).get().unwrap();
+    let logs = std::path::PathBuf::from(flare::cluster_resources().unwrap().session_dir).join("logs");
+    let found = |suffix: &str, text: &str| {
+        std::fs::read_dir(&logs).unwrap().flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.contains(&format!("-{pid}."))
+                && name.ends_with(suffix)
+                && std::fs::read_to_string(e.path()).unwrap_or_default().contains(text)
+        })
+    };
+    assert!(eventually(Duration::from_secs(5), || found(".out", &format!("stdout line {tag}"))));
+    assert!(eventually(Duration::from_secs(5), || found(".err", &format!("stderr line {tag}"))));
 }

@@ -30,6 +30,9 @@ pub struct Config {
     pub infeasible_grace: Duration,
     /// Whether worker output is streamed to the driver's stderr with a `(name pid=N)` prefix. Default true.
     pub log_to_driver: bool,
+    /// Runs every task and actor call in the driver process, synchronously, for debugging.
+    /// No workers, no scheduling. Default false.
+    pub local_mode: bool,
 }
 
 impl Default for Config {
@@ -46,6 +49,7 @@ impl Default for Config {
             idle_worker_timeout: Duration::from_secs(30),
             infeasible_grace: Duration::from_secs(1),
             log_to_driver: true,
+            local_mode: false,
         }
     }
 }
@@ -92,6 +96,10 @@ impl Config {
     }
     pub fn infeasible_grace(mut self, d: Duration) -> Self {
         self.infeasible_grace = d;
+        self
+    }
+    pub fn local_mode(mut self, on: bool) -> Self {
+        self.local_mode = on;
         self
     }
     pub fn log_to_driver(mut self, on: bool) -> Self {

@@ -9,6 +9,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod ids;
+mod local;
 pub(crate) mod node;
 mod object_ref;
 pub mod placement;
@@ -55,9 +56,15 @@ pub fn init_with(config: Config) -> Result<()> {
     if runtime::try_runtime().is_some() {
         return Ok(());
     }
-    let node = node::Node::start(&config)?;
-    let shm = node.session.shm_dir.clone();
-    let core: Arc<dyn runtime::Core> = Arc::new(node::DriverCore { node });
+    let (core, shm): (Arc<dyn runtime::Core>, _) = if config.local_mode {
+        let dir = std::env::temp_dir().join(format!("flare_local_{}_{}", std::process::id(), util::now_ms()));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        (Arc::new(local::LocalCore::new(dir.clone())), dir)
+    } else {
+        let node = node::Node::start(&config)?;
+        let shm = node.session.shm_dir.clone();
+        (Arc::new(node::DriverCore { node }), shm)
+    };
     let rt = Arc::new(runtime::Runtime::new(core, ids::WorkerId::DRIVER, shm));
     if let Err(e) = runtime::install(rt.clone()) {
         rt.core.shutdown();

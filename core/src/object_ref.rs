@@ -183,13 +183,12 @@ pub fn put<T: Serialize + Send>(value: &T) -> Result<ObjectRef<T>> {
     Ok(r)
 }
 
+/// `(ready, not_ready)` as [`wait`] returns them.
+pub type Split<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
+
 /// Waits until `num_returns` of `refs` are ready (values or errors) or `timeout` passes.
 /// Returns `(ready, not_ready)`, each in the order of `refs`.
-pub fn wait<T>(
-    refs: &[ObjectRef<T>],
-    num_returns: usize,
-    timeout: Option<Duration>,
-) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+pub fn wait<T>(refs: &[ObjectRef<T>], num_returns: usize, timeout: Option<Duration>) -> Result<Split<T>> {
     if num_returns > refs.len() {
         return Err(Error::Config(format!(
             "wait: num_returns ({num_returns}) is larger than the number of refs ({})",
@@ -233,7 +232,7 @@ pub fn wait<T>(
 }
 
 /// Splits refs into (ready, not ready); like Ray, at most `num_returns` count as ready.
-fn split_ready<T>(refs: &[ObjectRef<T>], flags: &[bool], num_returns: usize) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
+fn split_ready<T>(refs: &[ObjectRef<T>], flags: &[bool], num_returns: usize) -> Split<T> {
     let mut ready = Vec::new();
     let mut not_ready = Vec::new();
     for (r, f) in refs.iter().zip(flags) {
