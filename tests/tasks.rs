@@ -297,3 +297,22 @@ fn worker_output_goes_to_session_logs() {
     assert!(eventually(Duration::from_secs(5), || found(".out", &format!("stdout line {tag}"))));
     assert!(eventually(Duration::from_secs(5), || found(".err", &format!("stderr line {tag}"))));
 }
+
+#[test]
+fn zero_copy_buffers_survive_their_refs() {
+    setup();
+    // A zero-copy Buffer keeps its object's memory: freeing the ref and writing a new object of
+    // the same size (which may reuse a freed file) must not change what the Buffer shows.
+    let size = 8 << 20;
+    let a = flare::put(&Buffer::from(vec![1u8; size])).unwrap();
+    let view: Buffer = a.get().unwrap();
+    assert!(view.is_zero_copy());
+    drop(a);
+    let others: Vec<_> = (0..4).map(|i| flare::put(&Buffer::from(vec![2 + i as u8; size])).unwrap()).collect();
+    drop(others);
+    let again: Vec<_> = (0..4).map(|i| flare::put(&Buffer::from(vec![9 + i as u8; size])).unwrap()).collect();
+    assert!(view.iter().all(|b| *b == 1), "a live zero-copy view was overwritten");
+    for (i, r) in again.iter().enumerate() {
+        assert!(r.get().unwrap().iter().all(|b| *b == 9 + i as u8));
+    }
+}

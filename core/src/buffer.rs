@@ -1,7 +1,7 @@
 //! [`Buffer`]: bytes that travel as one raw block instead of element by element, and that a
 //! `get` on the same node reads in place from the shared-memory store (zero copy).
 
-use memmap2::Mmap;
+use crate::codec::MappedFile;
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::cell::RefCell;
@@ -12,12 +12,12 @@ use std::sync::Arc;
 thread_local! {
     /// The mapped object being decoded on this thread, so a `Buffer` inside it can borrow the
     /// mapping instead of copying.
-    static DECODING_FROM: RefCell<Option<Arc<Mmap>>> = const { RefCell::new(None) };
+    static DECODING_FROM: RefCell<Option<Arc<MappedFile>>> = const { RefCell::new(None) };
 }
 
 /// Runs `f` while `map` is the mapping that `Buffer`s decoded on this thread may borrow.
-pub(crate) fn with_mapping<R>(map: &Arc<Mmap>, f: impl FnOnce() -> R) -> R {
-    struct Reset(Option<Arc<Mmap>>);
+pub(crate) fn with_mapping<R>(map: &Arc<MappedFile>, f: impl FnOnce() -> R) -> R {
+    struct Reset(Option<Arc<MappedFile>>);
     impl Drop for Reset {
         fn drop(&mut self) {
             let prev = self.0.take();
@@ -32,7 +32,7 @@ pub(crate) fn with_mapping<R>(map: &Arc<Mmap>, f: impl FnOnce() -> R) -> R {
 #[derive(Clone)]
 enum Repr {
     Owned(Arc<Vec<u8>>),
-    Mapped { map: Arc<Mmap>, offset: usize, len: usize },
+    Mapped { map: Arc<MappedFile>, offset: usize, len: usize },
 }
 
 /// An immutable byte buffer. Build it from a `Vec<u8>` (no copy); a `Buffer` read back with

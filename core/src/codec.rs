@@ -59,10 +59,55 @@ pub fn encoded_size<T: Serialize + ?Sized>(value: &T) -> Result<u64, TaskError> 
     bincode::serialized_size(value).map_err(|e| ser_error(e, std::any::type_name::<T>()))
 }
 
-/// Encodes a value into exactly `out.len()` bytes (from [`encoded_size`]).
+/// Encodes a value into exactly `out.len()` bytes (from [`encoded_size`]). Large byte runs
+/// (a `Buffer`) are copied by several threads at once.
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut [u8]) -> Result<(), TaskError> {
-    let mut w: &mut [u8] = out;
+    let mut w = ParallelWriter { buf: out, pos: 0 };
     bincode::serialize_into(&mut w, value).map_err(|e| ser_error(e, std::any::type_name::<T>()))
+}
+
+/// Copies at least this many bytes with several threads.
+const PARALLEL_COPY_MIN: usize = 8 << 20;
+
+/// A slice writer that splits large writes over threads: one core cannot saturate memory
+/// bandwidth when copying into shared memory (measured 3.5 vs 8.8 GB/s with 1 vs 2 threads
+/// for 800 MiB on the 2-core dev machine).
+struct ParallelWriter<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl std::io::Write for ParallelWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(self.buf.len() - self.pos);
+        let dst = &mut self.buf[self.pos..self.pos + n];
+        if n >= PARALLEL_COPY_MIN {
+            parallel_copy(dst, &data[..n]);
+        } else {
+            dst.copy_from_slice(&data[..n]);
+        }
+        self.pos += n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn parallel_copy(dst: &mut [u8], src: &[u8]) {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
+    let chunk = src.len().div_ceil(threads).max(1 << 20);
+    std::thread::scope(|s| {
+        let mut parts = dst.chunks_mut(chunk).zip(src.chunks(chunk));
+        let first = parts.next();
+        for (d, sr) in parts {
+            s.spawn(move || d.copy_from_slice(sr));
+        }
+        if let Some((d, sr)) = first {
+            d.copy_from_slice(sr);
+        }
+    });
 }
 
 /// Decodes a value; a mismatch between the encoded and the expected type is a `Serialization` error.
@@ -85,16 +130,36 @@ pub enum Payload {
     /// The encoded value itself (small objects).
     Inline(#[serde(with = "serde_bytes")] Vec<u8>),
     /// A file holding the encoded value: in the shared-memory directory, or spilled to disk.
-    File { path: String, size: u64 },
+    File { id: ObjectId, path: String, size: u64 },
     /// No value: producing it failed (a `put` of a value that could not be encoded).
     Error(TaskError),
+}
+
+/// A read-only mapping of a store file. While it lives it holds a reference to its object, so
+/// the node neither frees nor recycles the file under a reader (zero-copy `Buffer`s keep it).
+pub struct MappedFile {
+    map: Mmap,
+    _pin: Option<crate::object_ref::RefGuard>,
+}
+
+impl std::ops::Deref for MappedFile {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+impl std::fmt::Debug for MappedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MappedFile({} bytes)", self.map.len())
+    }
 }
 
 /// Object bytes resolved in this process: owned, or a read-only mapping of a store file.
 #[derive(Clone, Debug)]
 pub enum ObjectData {
     Inline(Arc<Vec<u8>>),
-    Mapped(Arc<Mmap>),
+    Mapped(Arc<MappedFile>),
 }
 
 impl ObjectData {
@@ -117,12 +182,14 @@ impl ObjectData {
         }
     }
 
-    /// Maps a store file read-only.
-    pub fn map_file(path: &str) -> std::io::Result<ObjectData> {
+    /// Maps the store file of object `id` read-only, holding a reference to the object.
+    pub fn map_file(id: ObjectId, path: &str) -> std::io::Result<ObjectData> {
         let file = std::fs::File::open(path)?;
-        // Safety: store files are written once, before they are published, and never modified.
+        // Safety: store files are written once, before they are published, and not modified
+        // while referenced (a mapping holds a reference through its pin).
         let map = unsafe { Mmap::map(&file)? };
-        Ok(ObjectData::Mapped(Arc::new(map)))
+        let pin = Some(crate::object_ref::RefGuard::hold(vec![RefKey::Object(id)]));
+        Ok(ObjectData::Mapped(Arc::new(MappedFile { map, _pin: pin })))
     }
 }
 

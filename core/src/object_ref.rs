@@ -369,7 +369,7 @@ fn large_bytes_payload(rt: &Runtime, id: ObjectId, bytes: Vec<u8>) -> std::resul
         out.copy_from_slice(&bytes);
         Ok(())
     })?;
-    Ok(Payload::File { path: path.to_string_lossy().into_owned(), size: bytes.len() as u64 })
+    Ok(Payload::File { id, path: path.to_string_lossy().into_owned(), size: bytes.len() as u64 })
 }
 
 /// A reference whose object is an error (an argument that could not be encoded, say).

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, RwLock};
 #[derive(Clone, Debug)]
 pub enum StoredData {
     Inline(Arc<Vec<u8>>),
-    File { path: Arc<str>, size: u64 },
+    File { id: ObjectId, path: Arc<str>, size: u64 },
 }
 
 impl StoredData {
@@ -29,14 +29,14 @@ impl StoredData {
     pub(crate) fn to_payload(&self) -> Payload {
         match self {
             StoredData::Inline(v) => Payload::Inline(v.to_vec()),
-            StoredData::File { path, size } => Payload::File { path: path.to_string(), size: *size },
+            StoredData::File { id, path, size } => Payload::File { id: *id, path: path.to_string(), size: *size },
         }
     }
 
     pub(crate) fn from_payload(p: Payload) -> ObjectResult {
         match p {
             Payload::Inline(v) => Ok(StoredData::Inline(Arc::new(v))),
-            Payload::File { path, size } => Ok(StoredData::File { path: path.into(), size }),
+            Payload::File { id, path, size } => Ok(StoredData::File { id, path: path.into(), size }),
             Payload::Error(e) => Err(e),
         }
     }

@@ -224,7 +224,7 @@ fn materialize_args(args: Vec<Payload>) -> Result<Vec<ObjectData>, TaskError> {
     args.into_iter()
         .map(|p| match p {
             Payload::Inline(v) => Ok(ObjectData::Inline(Arc::new(v))),
-            Payload::File { path, .. } => ObjectData::map_file(&path)
+            Payload::File { id, path, .. } => ObjectData::map_file(id, &path)
                 .map_err(|e| TaskError::new(ErrorKind::ObjectLost, format!("could not map argument {path}: {e}"))),
             Payload::Error(e) => Err(e),
         })

@@ -228,8 +228,8 @@ impl Node {
         self.with_state(|st, _| st.placement_group_ready(id))
     }
 
-    pub(crate) fn recycled_file(&self, size: u64) -> Option<String> {
-        self.lock().take_recycled(size)
+    pub(crate) fn recycled_file(&self, caller: WorkerId, size: u64) -> Option<String> {
+        self.lock().take_recycled(size, caller)
     }
 
     pub(crate) fn state(&self, query: StateQuery) -> StateSnapshot {
@@ -307,7 +307,7 @@ impl Core for DriverCore {
         self.node.shutdown()
     }
     fn recycled_file(&self, size: u64) -> Option<String> {
-        self.node.recycled_file(size)
+        self.node.recycled_file(WorkerId::DRIVER, size)
     }
     fn resolved_now(&self, ids: &[ObjectId]) -> Option<Vec<bool>> {
         let st = self.node.lock();

@@ -202,7 +202,9 @@ impl NodeState {
                 }
                 if let ObjState::Ready(d) = &o.state {
                     match d {
-                        StoredData::File { path, size } if o.resident_seq.is_some() => self.recycle(path, *size),
+                        StoredData::File { path, size, .. } if o.resident_seq.is_some() => {
+                            self.recycle(path, *size, id.task.issuer())
+                        }
                         _ => remove_file(d),
                     }
                 }
@@ -215,7 +217,7 @@ impl NodeState {
     }
 
     /// Keeps a freed shared-memory file for the next large object, within a budget.
-    fn recycle(&mut self, path: &str, size: u64) {
+    fn recycle(&mut self, path: &str, size: u64, writer: WorkerId) {
         let budget = (self.cfg.store_capacity / 4).min(4 << 30);
         if size < crate::store::RECYCLE_MIN || self.recycled_bytes + size > budget || self.recycled.len() >= 32 {
             let _ = std::fs::remove_file(path);
@@ -224,18 +226,22 @@ impl NodeState {
         self.seq += 1;
         let target = self.cfg.shm_dir.join(format!("recycled-{}", self.seq));
         if std::fs::rename(path, &target).is_ok() {
-            self.recycled.push((target, size));
+            self.recycled.push((target, size, writer));
             self.recycled_bytes += size;
         } else {
             let _ = std::fs::remove_file(path);
         }
     }
 
-    /// Hands out the recycled file that best fits `size` (the smallest that holds it, else the largest).
-    pub(crate) fn take_recycled(&mut self, size: u64) -> Option<String> {
-        let fits = self.recycled.iter().enumerate().filter(|(_, (_, s))| *s >= size).min_by_key(|(_, (_, s))| *s).map(|(i, _)| i);
-        let i = fits.or_else(|| self.recycled.iter().enumerate().max_by_key(|(_, (_, s))| *s).map(|(i, _)| i))?;
-        let (path, s) = self.recycled.swap_remove(i);
+    /// Hands out the recycled file that best fits `size`: one of exactly that size that `caller`
+    /// wrote before (it may still have it mapped), else the smallest that holds it, else the largest.
+    pub(crate) fn take_recycled(&mut self, size: u64, caller: WorkerId) -> Option<String> {
+        let r = &self.recycled;
+        let own = r.iter().position(|(_, s, w)| *s == size && *w == caller);
+        let fits = || r.iter().enumerate().filter(|(_, (_, s, _))| *s >= size).min_by_key(|(_, (_, s, _))| *s).map(|(i, _)| i);
+        let largest = || r.iter().enumerate().max_by_key(|(_, (_, s, _))| *s).map(|(i, _)| i);
+        let i = own.or_else(fits).or_else(largest)?;
+        let (path, s, _) = self.recycled.swap_remove(i);
         self.recycled_bytes -= s;
         Some(path.to_string_lossy().into_owned())
     }
@@ -251,7 +257,7 @@ impl NodeState {
                 continue;
             };
             o.resident_seq = None;
-            let ObjState::Ready(StoredData::File { path, size }) = &o.state else {
+            let ObjState::Ready(StoredData::File { path, size, .. }) = &o.state else {
                 continue;
             };
             let size = *size;
@@ -260,7 +266,7 @@ impl NodeState {
             match std::fs::copy(&**path, &target) {
                 Ok(_) => {
                     let _ = std::fs::remove_file(&**path);
-                    o.state = ObjState::Ready(StoredData::File { path: target.to_string_lossy().into(), size });
+                    o.state = ObjState::Ready(StoredData::File { id, path: target.to_string_lossy().into(), size });
                     self.store_used = self.store_used.saturating_sub(size);
                     self.spilled_total += size;
                     metrics::counter!("flare_object_store_spilled_bytes").increment(size);

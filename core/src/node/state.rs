@@ -184,7 +184,7 @@ pub(crate) struct NodeState {
     /// Finished tasks, newest last, bounded.
     pub history: VecDeque<TaskInfo>,
     /// Freed store files kept for reuse (path, size), and their total size.
-    pub recycled: Vec<(std::path::PathBuf, u64)>,
+    pub recycled: Vec<(std::path::PathBuf, u64, WorkerId)>,
     pub recycled_bytes: u64,
     /// Something changed that may let queued work run.
     pub dirty: bool,

@@ -390,7 +390,7 @@ fn handle_message(node: &Arc<Node>, wid: WorkerId, conn: &Arc<Conn>, msg: ToNode
                         let _ = c.send(&ToWorker::Reply { req, body: Reply::Unit(r.clone()) });
                     });
                 }
-                Request::RecycledFile(size) => reply(Reply::Path(node.recycled_file(size))),
+                Request::RecycledFile(size) => reply(Reply::Path(node.recycled_file(wid, size))),
                 Request::State(q) => {
                     let snap = node.state(q);
                     let _: StateQuery = q;
