@@ -27,6 +27,9 @@ extern crate self as flare;
 pub use flare_core::*;
 pub use flare_macros::{actor, main, remote};
 
+/// Reinforcement learning: gymnasium-exact environments, vector environments, trace replay.
+pub use flare_rl as rl;
+
 /// What most programs need: `use flare::prelude::*`.
 pub mod prelude {
     pub use flare_core::{

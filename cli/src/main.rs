@@ -29,6 +29,28 @@ enum Command {
         #[arg(long)]
         num_cpus: Option<f64>,
     },
+    /// Reinforcement learning tools.
+    Rl {
+        #[command(subcommand)]
+        command: RlCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RlCommand {
+    /// Replays a recorded gymnasium trace through the built-in environment it names and reports
+    /// the largest error and any flag mismatch; exits non-zero on a mismatch.
+    Replay {
+        /// The trace (the layout of shared/oracles/gym/*.json).
+        #[arg(long)]
+        trace: String,
+        /// Largest error in an observation or reward that still counts as a match.
+        #[arg(long, default_value_t = 1e-6)]
+        tolerance: f64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +69,29 @@ fn main() -> anyhow::Result<()> {
             let trial = Duration::from_secs_f64(trial_secs);
             let timing = microbenchmark::Timing { warmup: trial / 2, trial, trials: 4 };
             microbenchmark::run(timing, &filter, json)?;
+        }
+        Command::Rl { command: RlCommand::Replay { trace, tolerance, json } } => {
+            let r = flare::rl::replay::replay_file(&trace)?;
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{}: {} episodes, {} steps, {} bit-exact; max obs error {:e}, max reward error {:e}, {} flag mismatches",
+                    r.env_id,
+                    r.episodes,
+                    r.steps,
+                    r.exact_steps,
+                    r.max_obs_error,
+                    r.max_reward_error,
+                    r.flag_mismatches.len()
+                );
+                for m in &r.flag_mismatches {
+                    println!("  {m}");
+                }
+            }
+            if !r.within(tolerance) {
+                std::process::exit(1);
+            }
         }
     }
     Ok(())

@@ -1,0 +1,55 @@
+//! The `flare` binary end to end: real processes, real files.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn flare() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_flare"))
+}
+
+fn oracle(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/oracles/gym").join(name);
+    assert!(p.exists(), "oracle {} not found: the tests read ../shared/oracles next to the repository root", p.display());
+    p
+}
+
+#[test]
+fn rl_replay_passes_a_real_trace_and_fails_a_tampered_one() {
+    let good = oracle("gym_CartPole-v1.json");
+    let out = flare().args(["rl", "replay", "--trace"]).arg(&good).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("CartPole-v1") && text.contains("0 flag mismatches"), "{text}");
+
+    // Flip one recorded flag and nudge one reward: both must be reported, with a failing exit.
+    let mut doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&good).unwrap()).unwrap();
+    doc["episodes"][0]["steps"][0]["terminated"] = serde_json::Value::Bool(true);
+    doc["episodes"][1]["steps"][2]["reward"] = serde_json::json!(0.5);
+    let bad = std::env::temp_dir().join(format!("flare-tampered-{}.json", std::process::id()));
+    std::fs::write(&bad, serde_json::to_string(&doc).unwrap()).unwrap();
+    let out = flare().args(["rl", "replay", "--json", "--trace"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["max_reward_error"].as_f64().unwrap(), 0.5);
+    assert!(report["flag_mismatches"][0].as_str().unwrap().contains("episode 0 step 0: terminated"), "{report}");
+    let _ = std::fs::remove_file(bad);
+
+    let out = flare().args(["rl", "replay", "--trace", "/nonexistent.json"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+#[test]
+fn microbenchmark_prints_rays_line_format() {
+    let out = flare().args(["microbenchmark", "--filter", "single client tasks sync", "--trial-secs", "0.05"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let line = text.lines().find(|l| l.starts_with("single client tasks sync per second ")).expect("the case's line");
+    let rest = line.trim_start_matches("single client tasks sync per second ");
+    let parts: Vec<&str> = rest.split(" +- ").collect();
+    assert_eq!(parts.len(), 2, "{line}");
+    assert!(parts[0].parse::<f64>().unwrap() > 0.0 && parts[1].parse::<f64>().is_ok(), "{line}");
+    let out = flare().args(["microbenchmark", "--trial-secs", "0"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--trial-secs must be a positive"));
+}
