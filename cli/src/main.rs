@@ -38,6 +38,21 @@ enum Command {
 
 #[derive(Subcommand)]
 enum RlCommand {
+    /// Steps a built-in environment with random actions and reports env steps per second.
+    Bench {
+        #[arg(long, default_value = "CartPole-v1")]
+        env: String,
+        /// Total environment steps (over all copies).
+        #[arg(long, default_value_t = 1_000_000)]
+        steps: u64,
+        /// Copies stepped together as a vector environment.
+        #[arg(long, default_value_t = 1)]
+        num_envs: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Replays a recorded gymnasium trace through the built-in environment it names and reports
     /// the largest error and any flag mismatch; exits non-zero on a mismatch.
     Replay {
@@ -70,6 +85,20 @@ fn main() -> anyhow::Result<()> {
             let timing = microbenchmark::Timing { warmup: trial / 2, trial, trials: 4 };
             microbenchmark::run(timing, &filter, json)?;
         }
+        Command::Rl { command: RlCommand::Bench { env, steps, num_envs, seed, json } } => {
+            if num_envs == 0 {
+                anyhow::bail!("--num-envs must be at least 1");
+            }
+            let (sps, episodes) = rl_bench(&env, steps, num_envs, seed)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"env": env, "num_envs": num_envs, "steps": steps, "steps_per_second": sps, "episodes": episodes})
+                );
+            } else {
+                println!("{env} x{num_envs}: {sps:.0} env steps/s ({episodes} episodes)");
+            }
+        }
         Command::Rl { command: RlCommand::Replay { trace, tolerance, json } } => {
             let r = flare::rl::replay::replay_file(&trace)?;
             if json {
@@ -95,4 +124,22 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Random-action stepping throughput of a vector environment (actions drawn from its space).
+fn rl_bench(id: &str, steps: u64, num_envs: usize, seed: u64) -> anyhow::Result<(f64, u64)> {
+    use flare::rl::{rng::Rng, VectorEnv};
+    let mut v = VectorEnv::new(id, num_envs)?;
+    let space = v.envs()[0].action_space();
+    let mut rng = Rng::new(seed);
+    v.reset(Some(seed));
+    let rounds = steps.div_ceil(num_envs as u64);
+    let mut episodes = 0;
+    let t0 = std::time::Instant::now();
+    for _ in 0..rounds {
+        let actions: Vec<_> = (0..num_envs).map(|_| space.sample(&mut rng)).collect();
+        let s = v.step(&actions)?;
+        episodes += s.episodes.iter().filter(|e| e.is_some()).count() as u64;
+    }
+    Ok(((rounds * num_envs as u64) as f64 / t0.elapsed().as_secs_f64(), episodes))
 }

@@ -264,6 +264,7 @@ impl Ctx {
 }
 
 fn run_task(ctx: &Ctx, task_id: TaskId, name: &str, args: Vec<Payload>, gpu_ids: Vec<u32>) {
+    let _span = tracing::debug_span!("task", name, task = %task_id).entered();
     CURRENT.with(|c| *c.borrow_mut() = Current { task: Some(task_id), gpu_ids: gpu_ids.clone() });
     *PROCESS_GPU_IDS.lock().unwrap_or_else(|p| p.into_inner()) = gpu_ids;
     let value = match (crate::registry::function(name), materialize_args(args)) {
@@ -285,6 +286,7 @@ fn run_call(
     method: &str,
     args: Vec<Payload>,
 ) -> Option<crate::actor::BoxedCall> {
+    let _span = tracing::debug_span!("actor_call", method, task = %task_id).entered();
     let args = match materialize_args(args) {
         Ok(a) => a,
         Err(e) => {

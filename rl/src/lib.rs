@@ -18,6 +18,7 @@ pub mod replay;
 pub mod rng;
 pub mod spaces;
 pub mod vector;
+pub mod wrappers;
 
 pub use env::{make, registered, Action, Env, Info, Step, TimeLimit};
 pub use error::{Error, Result};

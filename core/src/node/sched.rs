@@ -281,6 +281,7 @@ impl NodeState {
     }
 
     pub(crate) fn dispatch_task(&mut self, tid: TaskId, wid: WorkerId, fx: &mut Vec<Effect>) {
+        let _span = tracing::trace_span!("dispatch", task = %tid, worker = %wid).entered();
         let Some(t) = self.tasks.get(&tid) else {
             self.worker_idle(wid);
             return;
