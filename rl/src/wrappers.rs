@@ -22,13 +22,12 @@ impl RunningMeanStd {
     /// Adds one sample.
     pub fn update(&mut self, x: &[f64]) {
         let (batch_count, tot) = (1.0, self.count + 1.0);
-        for i in 0..self.mean.len() {
-            let delta = x[i] - self.mean[i];
-            let new_mean = self.mean[i] + delta * batch_count / tot;
-            let m_a = self.var[i] * self.count;
+        for ((mean, var), xi) in self.mean.iter_mut().zip(self.var.iter_mut()).zip(x) {
+            let delta = xi - *mean;
+            let m_a = *var * self.count;
             let m2 = m_a + delta * delta * self.count * batch_count / tot;
-            self.mean[i] = new_mean;
-            self.var[i] = m2 / tot;
+            *mean += delta * batch_count / tot;
+            *var = m2 / tot;
         }
         self.count = tot;
     }
