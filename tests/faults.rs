@@ -93,3 +93,47 @@ fn outputs_outlive_the_worker_that_made_them() {
     assert_eq!(data.len(), 4 << 20);
     assert!(data.iter().all(|b| *b == 5));
 }
+
+#[flare::remote]
+fn counted_big(marker: String) -> Buffer {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&marker).unwrap();
+    writeln!(f, "run").unwrap();
+    Buffer::from(vec![7u8; 2 << 20])
+}
+
+#[flare::remote]
+fn first_byte(b: Buffer) -> u8 {
+    b[0]
+}
+
+fn runs(marker: &str) -> usize {
+    std::fs::read_to_string(marker).map(|s| s.lines().count()).unwrap_or(0)
+}
+
+fn object_file<T>(r: &ObjectRef<T>) -> std::path::PathBuf {
+    let dir = flare::cluster_resources().unwrap().shm_dir;
+    std::path::Path::new(&dir).join(format!("{:x}.{}", r.id().task.0, r.id().index))
+}
+
+#[test]
+fn lost_objects_are_rebuilt_from_lineage() {
+    setup();
+    let marker = temp_path("lineage");
+    let r = counted_big::remote(marker.clone());
+    assert!(r.get().unwrap().iter().all(|b| *b == 7));
+    assert_eq!(runs(&marker), 1);
+    // The store's file disappears behind its back: the next get re-runs the task.
+    std::fs::remove_file(object_file(&r)).unwrap();
+    assert!(r.get().unwrap().iter().all(|b| *b == 7));
+    assert_eq!(runs(&marker), 2);
+    // Lost again, and needed as an argument this time.
+    std::fs::remove_file(object_file(&r)).unwrap();
+    assert_eq!(first_byte::remote(&r).get().unwrap(), 7);
+    assert_eq!(runs(&marker), 3);
+    // A put has no lineage: losing it is reported, not hidden.
+    let p = flare::put(&Buffer::from(vec![1u8; 2 << 20])).unwrap();
+    std::fs::remove_file(object_file(&p)).unwrap();
+    assert_eq!(p.get().unwrap_err().kind(), ErrorKind::ObjectLost);
+    let _ = std::fs::remove_file(marker);
+}

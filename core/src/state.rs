@@ -134,6 +134,8 @@ pub struct ClusterResources {
     pub labels: Vec<(String, String)>,
     /// The session directory (logs are in its `logs/`).
     pub session_dir: String,
+    /// Where the object store keeps large objects (one file per object).
+    pub shm_dir: String,
 }
 
 /// One answer of the state API.

@@ -181,7 +181,7 @@ impl Node {
     }
 
     pub(crate) fn get(&self, caller: WorkerId, id: ObjectId) -> Promise<ObjectResult> {
-        let promise = self.with_state(|st, _| st.get(id));
+        let promise = self.with_state(|st, fx| st.get(id, fx));
         if caller != WorkerId::DRIVER && promise.try_get().is_none() {
             // A worker blocked in `get` lends its CPU back so nested tasks can run (Ray does the same).
             self.with_state(|st, _| st.lend_cpu(caller));

@@ -10,7 +10,10 @@ use crate::runtime::{ObjectResult, StoredData};
 
 impl NodeState {
     /// A promise of the object's value (already complete when it is ready or failed).
-    pub(crate) fn get(&mut self, id: ObjectId) -> Promise<ObjectResult> {
+    pub(crate) fn get(&mut self, id: ObjectId, fx: &mut Vec<Effect>) -> Promise<ObjectResult> {
+        if self.is_lost(id) {
+            self.reconstruct(id, fx);
+        }
         match self.objects.get_mut(&id) {
             None => Promise::ready(Err(TaskError::new(
                 ErrorKind::ObjectLost,
@@ -210,6 +213,9 @@ impl NodeState {
                 }
                 for k in o.contains {
                     self.release_contained(k, fx);
+                }
+                if let Some(spec) = o.lineage {
+                    self.release_args(&spec.args, &spec.contained, fx);
                 }
             }
             RefKey::Actor(id) => self.actor_handles_dropped(id, fx),

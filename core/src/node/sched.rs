@@ -36,7 +36,6 @@ fn backoff(attempt: u32) -> Duration {
 
 impl NodeState {
     pub(crate) fn submit_task(&mut self, caller: WorkerId, spec: TaskSpec, fx: &mut Vec<Effect>) {
-        let id = spec.task_id;
         let ret = spec.return_id();
         self.create_pending(caller, ret);
         if self.shutting_down {
@@ -51,6 +50,12 @@ impl NodeState {
             self.set_failed(ret, e, fx);
             return;
         }
+        self.admit_task(Arc::new(spec), 0);
+    }
+
+    /// Takes a task in: counts its arguments, waits for the ones not ready, queues it when all are.
+    fn admit_task(&mut self, spec: Arc<TaskSpec>, attempt: u32) {
+        let id = spec.task_id;
         for k in &spec.contained {
             self.adjust_contained(*k, 1);
         }
@@ -65,10 +70,10 @@ impl NodeState {
         }
         let entry = TaskEntry {
             retries_left: spec.max_retries,
-            spec: Arc::new(spec),
+            spec,
             state: TaskState::PendingArgs,
             missing,
-            attempt: 0,
+            attempt,
             alloc: None,
             cpu_lent: false,
             worker: None,
@@ -294,6 +299,34 @@ impl NodeState {
             self.finish_task(tid, Err(cancelled(&spec.name)), fx);
             return;
         }
+        // An argument whose file vanished is rebuilt first; the task waits for it.
+        let lost: Vec<ObjectId> = spec
+            .args
+            .iter()
+            .filter_map(|a| if let Arg::Ref(id) = a { Some(*id) } else { None })
+            .filter(|id| self.is_lost(*id))
+            .collect();
+        if !lost.is_empty() {
+            let mut waiting = 0;
+            for id in &lost {
+                if self.reconstruct(*id, fx) && self.wait_for(*id, Dependent::Task(tid)) {
+                    waiting += 1;
+                }
+            }
+            if waiting > 0 {
+                self.worker_idle(wid);
+                let t = self.tasks.get_mut(&tid).expect("checked above");
+                if let Some((a, from)) = t.alloc.take() {
+                    let lent = std::mem::take(&mut t.cpu_lent);
+                    self.release_alloc(a, from, lent);
+                }
+                let t = self.tasks.get_mut(&tid).expect("checked above");
+                t.state = TaskState::PendingArgs;
+                t.missing = waiting;
+                t.worker = None;
+                return;
+            }
+        }
         let args = match self.resolve_args(&spec.args) {
             Ok(a) => a,
             Err(e) => {
@@ -360,7 +393,45 @@ impl NodeState {
             }
         }
         self.record_history(info);
-        self.release_args(&t.spec.args, &t.spec.contained, fx);
+        // A retriable task's output in a store file (inline ones cannot be lost) keeps its
+        // lineage, and so its arguments, to be rebuilt if the file is lost (Ray's lineage pinning).
+        let keep = info_finished(&self.history) && t.spec.max_retries > 0;
+        match self.objects.get_mut(&ret) {
+            Some(o) if keep && matches!(o.state, ObjState::Ready(StoredData::File { .. })) => o.lineage = Some(t.spec.clone()),
+            _ => self.release_args(&t.spec.args, &t.spec.contained, fx),
+        }
+    }
+
+    /// Rebuilds an object whose file vanished by re-running its task; false if it has no lineage
+    /// (then it is marked lost).
+    pub(crate) fn reconstruct(&mut self, id: ObjectId, fx: &mut Vec<Effect>) -> bool {
+        let Some(o) = self.objects.get_mut(&id) else { return false };
+        if let Some(seq) = o.resident_seq.take() {
+            self.resident.remove(&seq);
+            if let ObjState::Ready(d) = &o.state {
+                self.store_used = self.store_used.saturating_sub(d.size());
+            }
+        }
+        let Some(spec) = o.lineage.take() else {
+            let e = TaskError::new(
+                ErrorKind::ObjectLost,
+                format!("{id}: its stored bytes are gone and it has no lineage to rebuild it from (a put, an actor result, or max_retries=0)"),
+            );
+            o.state = ObjState::Failed(e);
+            return false;
+        };
+        o.state = ObjState::Pending;
+        tracing::warn!(object = %id, "rebuilding a lost object by re-running `{}`", spec.name);
+        let attempt = self.history.iter().rev().find(|h| h.task_id == spec.task_id).map(|h| h.attempt + 1).unwrap_or(1);
+        // Count the new run's use of the arguments before dropping the lineage's pin on them.
+        self.admit_task(spec.clone(), attempt);
+        self.release_args(&spec.args, &spec.contained, fx);
+        true
+    }
+
+    /// Whether a stored object's file is missing (deleted behind the store's back).
+    pub(crate) fn is_lost(&self, id: ObjectId) -> bool {
+        matches!(self.objects.get(&id).map(|o| &o.state), Some(ObjState::Ready(StoredData::File { path, .. })) if !std::path::Path::new(&**path).exists())
     }
 
     pub(crate) fn release_args(&mut self, args: &[Arg], contained: &[RefKey], fx: &mut Vec<Effect>) {
@@ -649,4 +720,9 @@ pub(crate) fn cancelled(name: &str) -> TaskError {
 /// `crate::module::f` -> `f`, for log prefixes.
 pub(crate) fn short_name(name: &str) -> &str {
     name.rsplit("::").next().unwrap_or(name)
+}
+
+/// Whether the task just recorded finished with a value.
+fn info_finished(history: &std::collections::VecDeque<crate::state::TaskInfo>) -> bool {
+    history.back().is_some_and(|h| h.state == TaskState::Finished)
 }

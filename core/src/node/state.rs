@@ -55,6 +55,8 @@ pub(crate) struct ObjectEntry {
     pub dependents: Vec<Dependent>,
     /// Its key in `NodeState::resident` while its bytes are in shared memory.
     pub resident_seq: Option<u64>,
+    /// The task that made it, kept (with its arguments pinned) to rebuild it if its file is lost.
+    pub lineage: Option<Arc<TaskSpec>>,
 }
 
 impl ObjectEntry {
@@ -66,6 +68,7 @@ impl ObjectEntry {
             waiters: Vec::new(),
             dependents: Vec::new(),
             resident_seq: None,
+            lineage: None,
         }
     }
 }
@@ -363,6 +366,7 @@ impl NodeState {
                     spilled_bytes_total: self.spilled_total,
                     labels: self.cfg.labels.clone(),
                     session_dir: self.cfg.session_dir.to_string_lossy().into_owned(),
+                    shm_dir: self.cfg.shm_dir.to_string_lossy().into_owned(),
                 });
             }
         }
