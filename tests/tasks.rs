@@ -316,3 +316,17 @@ fn zero_copy_buffers_survive_their_refs() {
         assert!(r.get().unwrap().iter().all(|b| *b == 9 + i as u8));
     }
 }
+
+#[test]
+fn strangers_on_the_node_socket_are_dropped() {
+    setup();
+    // Garbage and oversized frames on the node's socket must not disturb the node.
+    let sock = std::path::PathBuf::from(flare::cluster_resources().unwrap().session_dir).join("node.sock");
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    let mut s2 = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s2.write_all(&[5, 0, 0, 0, 1, 2, 3, 4, 5]).unwrap();
+    drop((s, s2));
+    assert_eq!(square::remote(12).get().unwrap(), 144);
+}

@@ -56,6 +56,14 @@ pub fn init_with(config: Config) -> Result<()> {
     if runtime::try_runtime().is_some() {
         return Ok(());
     }
+    if let Ok(addr) = std::env::var("FLARE_ADDRESS") {
+        if !addr.is_empty() && !config.local_mode {
+            return Err(Error::Config(format!(
+                "FLARE_ADDRESS={addr} asks to join a cluster, but this build runs embedded single-node clusters only; \
+                 unset FLARE_ADDRESS to start one in this process"
+            )));
+        }
+    }
     let (core, shm): (Arc<dyn runtime::Core>, _) = if config.local_mode {
         let dir = std::env::temp_dir().join(format!("flare_local_{}_{}", std::process::id(), util::now_ms()));
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;

@@ -42,18 +42,7 @@ impl NodeState {
             self.named.insert(key, spec.actor_id);
         }
         let aid = spec.actor_id;
-        for k in &spec.contained {
-            self.adjust_contained(*k, 1);
-        }
-        let mut missing = 0;
-        for a in &spec.args {
-            if let Arg::Ref(o) = a {
-                self.adjust_task_ref(*o, 1);
-                if self.wait_for(*o, Dependent::ActorCreation(aid)) {
-                    missing += 1;
-                }
-            }
-        }
+        let missing = self.hold_args(&spec.args, &spec.contained, Some(Dependent::ActorCreation(aid)));
         let mut refs = Refs::default();
         refs.holders.push(caller);
         self.actors.insert(
@@ -208,14 +197,7 @@ impl NodeState {
     pub(crate) fn submit_actor_task(&mut self, caller: WorkerId, spec: ActorCallSpec, fx: &mut Vec<Effect>) {
         let ret = spec.return_id();
         self.create_pending(caller, ret);
-        for k in &spec.contained {
-            self.adjust_contained(*k, 1);
-        }
-        for a in &spec.args {
-            if let Arg::Ref(o) = a {
-                self.adjust_task_ref(*o, 1);
-            }
-        }
+        self.hold_args(&spec.args, &spec.contained, None);
         let aid = spec.actor_id;
         let Some(a) = self.actors.get_mut(&aid) else {
             let e = TaskError::new(ErrorKind::ActorDied, format!("{aid} does not exist on this node"));

@@ -56,18 +56,7 @@ impl NodeState {
     /// Takes a task in: counts its arguments, waits for the ones not ready, queues it when all are.
     fn admit_task(&mut self, spec: Arc<TaskSpec>, attempt: u32) {
         let id = spec.task_id;
-        for k in &spec.contained {
-            self.adjust_contained(*k, 1);
-        }
-        let mut missing = 0;
-        for a in &spec.args {
-            if let Arg::Ref(o) = a {
-                self.adjust_task_ref(*o, 1);
-                if self.wait_for(*o, Dependent::Task(id)) {
-                    missing += 1;
-                }
-            }
-        }
+        let missing = self.hold_args(&spec.args, &spec.contained, Some(Dependent::Task(id)));
         let entry = TaskEntry {
             retries_left: spec.max_retries,
             spec,
@@ -434,6 +423,25 @@ impl NodeState {
         matches!(self.objects.get(&id).map(|o| &o.state), Some(ObjState::Ready(StoredData::File { path, .. })) if !std::path::Path::new(&**path).exists())
     }
 
+    /// Counts a submission's use of its argument objects and of the references inside its values;
+    /// registers `waiter` on the arguments not ready yet and returns how many those are.
+    pub(crate) fn hold_args(&mut self, args: &[Arg], contained: &[RefKey], waiter: Option<Dependent>) -> u32 {
+        for k in contained {
+            self.adjust_contained(*k, 1);
+        }
+        let mut missing = 0;
+        for a in args {
+            if let Arg::Ref(o) = a {
+                self.adjust_task_ref(*o, 1);
+                if waiter.is_some_and(|w| self.wait_for(*o, w)) {
+                    missing += 1;
+                }
+            }
+        }
+        missing
+    }
+
+    /// Undoes [`hold_args`](Self::hold_args) once the submission is done with its arguments.
     pub(crate) fn release_args(&mut self, args: &[Arg], contained: &[RefKey], fx: &mut Vec<Effect>) {
         for a in args {
             if let Arg::Ref(id) = a {

@@ -331,11 +331,15 @@ fn serve_worker(node: Arc<Node>, stream: UnixStream) {
         return;
     };
     let conn = Arc::new(Conn::new(write_half));
-    let mut rx = Receiver::new(stream);
+    // A connection must register promptly; one that does not is dropped, not waited on forever.
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let Ok(reader_half) = stream.try_clone() else { return };
+    let mut rx = Receiver::new(reader_half);
     let (wid, pid) = match rx.recv::<ToNode>() {
         Ok(Some(ToNode::Register { worker_id, pid })) => (worker_id, pid),
         _ => return,
     };
+    let _ = stream.set_read_timeout(None);
     let flag = node.lock().workers.get(&wid).map(|w| w.flag.clone());
     if let Some(f) = &flag {
         f.set(1);

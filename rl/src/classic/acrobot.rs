@@ -128,9 +128,7 @@ impl Env for Acrobot {
     }
 
     fn set_state(&mut self, state: &[f64]) {
-        let mut s = [0.0; 4];
-        s.iter_mut().zip(state).for_each(|(d, v)| *d = *v);
-        self.state = Some(s);
+        self.state = Some(super::to_array(state));
     }
 
     fn reward_threshold(&self) -> Option<f64> {

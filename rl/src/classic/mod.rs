@@ -14,6 +14,11 @@ pub use pendulum::Pendulum;
 
 use crate::rng::Rng;
 
+/// A state vector from a slice, zero-filled or truncated to `N` values.
+pub(crate) fn to_array<const N: usize>(state: &[f64]) -> [f64; N] {
+    std::array::from_fn(|i| state.get(i).copied().unwrap_or(0.0))
+}
+
 /// The generator of an environment, created on first use like gymnasium's `np_random`.
 pub(crate) fn reseed(rng: &mut Option<Rng>, seed: Option<u64>) -> &mut Rng {
     if let Some(s) = seed {

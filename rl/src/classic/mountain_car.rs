@@ -74,7 +74,7 @@ impl Env for MountainCar {
         self.state.map(|s| s.to_vec()).unwrap_or_default()
     }
     fn set_state(&mut self, state: &[f64]) {
-        self.state = Some([state.first().copied().unwrap_or(0.0), state.get(1).copied().unwrap_or(0.0)]);
+        self.state = Some(super::to_array(state));
     }
     fn reward_threshold(&self) -> Option<f64> {
         Some(-110.0)
@@ -225,7 +225,7 @@ impl Env for MountainCarContinuous {
 
     /// Sets a float64 state, as right after a reset.
     fn set_state(&mut self, state: &[f64]) {
-        self.state = Some([Num::F64(state.first().copied().unwrap_or(0.0)), Num::F64(state.get(1).copied().unwrap_or(0.0))]);
+        self.state = Some(super::to_array::<2>(state).map(Num::F64));
     }
 
     fn reward_threshold(&self) -> Option<f64> {

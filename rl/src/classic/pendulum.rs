@@ -84,7 +84,7 @@ impl Env for Pendulum {
     }
 
     fn set_state(&mut self, state: &[f64]) {
-        self.state = Some([state.first().copied().unwrap_or(0.0), state.get(1).copied().unwrap_or(0.0)]);
+        self.state = Some(super::to_array(state));
     }
 }
 
