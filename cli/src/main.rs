@@ -38,6 +38,19 @@ enum Command {
 
 #[derive(Subcommand)]
 enum RlCommand {
+    /// Trains a policy; with --json the last line is {"solved","env_steps","mean_return","wall_s"}.
+    Train {
+        #[arg(long, default_value = "ppo")]
+        algo: String,
+        #[arg(long, default_value = "CartPole-v1")]
+        env: String,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 500_000)]
+        max_env_steps: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Steps a built-in environment with random actions and reports env steps per second.
     Bench {
         #[arg(long, default_value = "CartPole-v1")]
@@ -84,6 +97,27 @@ fn main() -> anyhow::Result<()> {
             let trial = Duration::from_secs_f64(trial_secs);
             let timing = microbenchmark::Timing { warmup: trial / 2, trial, trials: 4 };
             microbenchmark::run(timing, &filter, json)?;
+        }
+        Command::Rl { command: RlCommand::Train { algo, env, seed, max_env_steps, json } } => {
+            if algo != "ppo" {
+                anyhow::bail!("--algo {algo} is not available yet; this build trains ppo (dqn, a2c and sac are still to come)");
+            }
+            let cfg = flare::rl::algo::ppo::PpoConfig { env_id: env, seed, total_env_steps: max_env_steps, ..Default::default() };
+            let mut last_print = 0u64;
+            let (summary, _policy) = flare::rl::algo::ppo::train(&cfg, |steps, mean| {
+                if !json && steps - last_print >= 20_000 {
+                    last_print = steps;
+                    println!("env steps {steps:>8}  mean return (last 100) {mean:>8.1}");
+                }
+            })?;
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                println!(
+                    "{}: solved={} after {} env steps, mean return {:.1}, {:.1} s",
+                    cfg.env_id, summary.solved, summary.env_steps, summary.mean_return, summary.wall_s
+                );
+            }
         }
         Command::Rl { command: RlCommand::Bench { env, steps, num_envs, seed, json } } => {
             if num_envs == 0 {

@@ -11,9 +11,11 @@
 //! assert_eq!(step.reward, 1.0);
 //! ```
 
+pub mod algo;
 pub mod classic;
 pub mod env;
 pub mod error;
+pub mod nn;
 pub mod replay;
 pub mod rng;
 pub mod spaces;

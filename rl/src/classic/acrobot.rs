@@ -43,7 +43,6 @@ impl Acrobot {
     }
 }
 
-/// numpy's `x ** 2` on a float64 scalar is libm `pow(x, 2)`; so is `f64::powf`.
 /// The time derivative of the augmented state `[theta1, theta2, dtheta1, dtheta2, torque]`.
 fn dsdt(s: &[f64; 5]) -> [f64; 5] {
     let (m1, m2, l1, lc1, lc2, i1, i2, g) =
@@ -53,11 +52,11 @@ fn dsdt(s: &[f64; 5]) -> [f64; 5] {
     let d1 = m1 * (lc1 * lc1) + m2 * (l1 * l1 + lc2 * lc2 + 2.0 * l1 * lc2 * theta2.cos()) + i1 + i2;
     let d2 = m2 * (lc2 * lc2 + l1 * lc2 * theta2.cos()) + i2;
     let phi2 = m2 * lc2 * g * (theta1 + theta2 - PI / 2.0).cos();
-    let phi1 = -m2 * l1 * lc2 * dtheta2.powf(2.0) * theta2.sin() - 2.0 * m2 * l1 * lc2 * dtheta2 * dtheta1 * theta2.sin()
+    let phi1 = -m2 * l1 * lc2 * super::np_square(dtheta2) * theta2.sin() - 2.0 * m2 * l1 * lc2 * dtheta2 * dtheta1 * theta2.sin()
         + (m1 * lc1 + m2 * l1) * g * (theta1 - PI / 2.0).cos()
         + phi2;
-    let ddtheta2 = (a + d2 / d1 * phi1 - m2 * l1 * lc2 * dtheta1.powf(2.0) * theta2.sin() - phi2)
-        / (m2 * (lc2 * lc2) + i2 - d2.powf(2.0) / d1);
+    let ddtheta2 = (a + d2 / d1 * phi1 - m2 * l1 * lc2 * super::np_square(dtheta1) * theta2.sin() - phi2)
+        / (m2 * (lc2 * lc2) + i2 - super::np_square(d2) / d1);
     let ddtheta1 = -(d2 * ddtheta2 + phi1) / d1;
     [dtheta1, dtheta2, ddtheta1, ddtheta2, 0.0]
 }

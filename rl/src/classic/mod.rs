@@ -14,6 +14,18 @@ pub use pendulum::Pendulum;
 
 use crate::rng::Rng;
 
+/// numpy's `x ** 2` on a float64 scalar: libm `pow(x, 2)`. The exponent goes through
+/// `black_box` so the optimizer cannot rewrite the call as `x * x`, which differs from glibc's
+/// `powf` in the last bit for some float32 inputs (and may for float64).
+pub(crate) fn np_square(x: f64) -> f64 {
+    x.powf(std::hint::black_box(2.0))
+}
+
+/// numpy's `x ** 2` on a float32 scalar: libm `powf(x, 2)`.
+pub(crate) fn np_square_f32(x: f32) -> f32 {
+    x.powf(std::hint::black_box(2.0))
+}
+
 /// A state vector from a slice, zero-filled or truncated to `N` values.
 pub(crate) fn to_array<const N: usize>(state: &[f64]) -> [f64; N] {
     std::array::from_fn(|i| state.get(i).copied().unwrap_or(0.0))

@@ -213,7 +213,7 @@ impl Env for MountainCarContinuous {
         let terminated = position.ge(Num::Py(Self::GOAL_POSITION)) && velocity.ge(Num::Py(0.0));
         let mut reward = if terminated { 100.0 } else { 0.0 };
         // The reward uses the unclipped action, squared in float64 by math.pow.
-        reward -= (u as f64).powf(2.0) * 0.1;
+        reward -= super::np_square(u as f64) * 0.1;
         let s = [Num::F32(position.f64() as f32), Num::F32(velocity.f64() as f32)];
         self.state = Some(s);
         Ok(Step { obs: vec![s[0].f64() as f32, s[1].f64() as f32], reward, terminated, truncated: false, info: Info::new() })

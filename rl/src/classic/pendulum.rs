@@ -68,8 +68,8 @@ impl Env for Pendulum {
         // np.clip of a float32 array by Python floats stays float32.
         let u = u.clamp(-MAX_TORQUE, MAX_TORQUE);
         // `u ** 2` on an np.float32 is libm powf; `0.001 * that` is float32 arithmetic.
-        let u_cost = 0.001f32 * u.powf(2.0);
-        let costs = angle_normalize(th).powf(2.0) + 0.1 * thdot.powf(2.0) + u_cost as f64;
+        let u_cost = 0.001f32 * super::np_square_f32(u);
+        let costs = super::np_square(angle_normalize(th)) + 0.1 * super::np_square(thdot) + u_cost as f64;
         let torque_term = 3.0f32 * u; // 3.0 / (m * l**2) * u, float32
         let newthdot = thdot + (3.0 * G / (2.0 * L) * th.sin() + torque_term as f64) * DT;
         let newthdot = newthdot.clamp(-MAX_SPEED, MAX_SPEED);

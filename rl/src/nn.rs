@@ -1,0 +1,198 @@
+//! A small multilayer perceptron with hand-written backpropagation and Adam, for the CPU
+//! learners of classic-control tasks (tanh hidden layers, linear output). Parameters are one
+//! flat `Vec<f32>` so gradient clipping and optimizer state are plain slices.
+
+use crate::rng::Rng;
+
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    pub sizes: Vec<usize>,
+    pub params: Vec<f32>,
+}
+
+/// Activations of one forward pass, kept for the backward pass.
+pub struct Tape {
+    acts: Vec<Vec<f32>>,
+}
+
+impl Mlp {
+    /// Orthogonal initialization as in CleanRL: gain `hidden_gain` for hidden layers,
+    /// `out_gain` for the last one; biases zero.
+    pub fn new(sizes: &[usize], hidden_gain: f32, out_gain: f32, rng: &mut Rng) -> Self {
+        let mut params = Vec::new();
+        for l in 0..sizes.len() - 1 {
+            let (n_in, n_out) = (sizes[l], sizes[l + 1]);
+            let gain = if l + 2 == sizes.len() { out_gain } else { hidden_gain };
+            params.extend(orthogonal(n_out, n_in, gain, rng));
+            params.extend(std::iter::repeat_n(0.0, n_out));
+        }
+        Mlp { sizes: sizes.to_vec(), params }
+    }
+
+    fn layer_offsets(&self) -> Vec<(usize, usize, usize, usize)> {
+        let mut out = Vec::new();
+        let mut off = 0;
+        for l in 0..self.sizes.len() - 1 {
+            let (n_in, n_out) = (self.sizes[l], self.sizes[l + 1]);
+            out.push((off, off + n_in * n_out, n_in, n_out));
+            off += n_in * n_out + n_out;
+        }
+        out
+    }
+
+    pub fn forward(&self, x: &[f32]) -> (Vec<f32>, Tape) {
+        let layers = self.layer_offsets();
+        let mut acts = vec![x.to_vec()];
+        for (i, &(w, b, n_in, n_out)) in layers.iter().enumerate() {
+            let input = acts.last().expect("input");
+            let mut out = vec![0.0f32; n_out];
+            for (o, slot) in out.iter_mut().enumerate() {
+                let row = &self.params[w + o * n_in..w + (o + 1) * n_in];
+                *slot = self.params[b + o] + row.iter().zip(input).map(|(a, b)| a * b).sum::<f32>();
+            }
+            if i + 1 < layers.len() {
+                out.iter_mut().for_each(|v| *v = v.tanh());
+            }
+            acts.push(out);
+        }
+        (acts.last().cloned().expect("output"), Tape { acts })
+    }
+
+    /// Adds d(loss)/d(params) to `grad` given d(loss)/d(output).
+    pub fn backward(&self, tape: &Tape, dout: &[f32], grad: &mut [f32]) {
+        let layers = self.layer_offsets();
+        let mut delta = dout.to_vec();
+        for (i, &(w, b, n_in, n_out)) in layers.iter().enumerate().rev() {
+            let input = &tape.acts[i];
+            let mut dinput = vec![0.0f32; n_in];
+            for o in 0..n_out {
+                let d = delta[o];
+                grad[b + o] += d;
+                let row = w + o * n_in;
+                for j in 0..n_in {
+                    grad[row + j] += d * input[j];
+                    dinput[j] += d * self.params[row + j];
+                }
+            }
+            if i > 0 {
+                // Through the tanh of the previous layer: d tanh = 1 - tanh^2.
+                for (dj, a) in dinput.iter_mut().zip(input) {
+                    *dj *= 1.0 - a * a;
+                }
+            }
+            delta = dinput;
+        }
+    }
+}
+
+/// A `rows x cols` matrix with orthonormal rows or columns, times `gain` (Gram-Schmidt on
+/// Gaussian noise).
+fn orthogonal(rows: usize, cols: usize, gain: f32, rng: &mut Rng) -> Vec<f32> {
+    let (n, m) = if rows >= cols { (rows, cols) } else { (cols, rows) };
+    // n vectors of length m would not be independent; make m orthonormal vectors of length n.
+    let mut q: Vec<Vec<f64>> = Vec::with_capacity(m);
+    while q.len() < m {
+        let mut v: Vec<f64> = (0..n).map(|_| gaussian(rng)).collect();
+        for u in &q {
+            let d: f64 = v.iter().zip(u).map(|(a, b)| a * b).sum();
+            v.iter_mut().zip(u).for_each(|(a, b)| *a -= d * b);
+        }
+        let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt();
+        if norm > 1e-8 {
+            q.push(v.into_iter().map(|a| a / norm).collect());
+        }
+    }
+    let mut out = vec![0.0f32; rows * cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            let v = if rows >= cols { q[c][r] } else { q[r][c] };
+            out[r * cols + c] = gain * v as f32;
+        }
+    }
+    out
+}
+
+pub(crate) fn gaussian(rng: &mut Rng) -> f64 {
+    let u1 = rng.next_f64().max(1e-12);
+    let u2 = rng.next_f64();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// Adam (torch semantics: eps added after the bias-corrected square root).
+pub struct Adam {
+    pub lr: f32,
+    pub eps: f32,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    t: i32,
+}
+
+impl Adam {
+    pub fn new(n: usize, lr: f32, eps: f32) -> Self {
+        Adam { lr, eps, m: vec![0.0; n], v: vec![0.0; n], t: 0 }
+    }
+
+    pub fn step(&mut self, params: &mut [f32], grad: &[f32]) {
+        let (b1, b2) = (0.9f32, 0.999f32);
+        self.t += 1;
+        let bc1 = 1.0 - b1.powi(self.t);
+        let bc2 = 1.0 - b2.powi(self.t);
+        for i in 0..params.len() {
+            self.m[i] = b1 * self.m[i] + (1.0 - b1) * grad[i];
+            self.v[i] = b2 * self.v[i] + (1.0 - b2) * grad[i] * grad[i];
+            params[i] -= (self.lr / bc1) * self.m[i] / (self.v[i].sqrt() / bc2.sqrt() + self.eps);
+        }
+    }
+}
+
+/// Scales `grad` so its global L2 norm is at most `max_norm`; returns the norm before.
+pub fn clip_grad_norm(grads: &mut [&mut [f32]], max_norm: f32) -> f32 {
+    let norm = grads.iter().flat_map(|g| g.iter()).map(|x| x * x).sum::<f32>().sqrt();
+    if norm > max_norm {
+        let s = max_norm / (norm + 1e-6);
+        grads.iter_mut().for_each(|g| g.iter_mut().for_each(|x| *x *= s));
+    }
+    norm
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backward_matches_finite_differences() {
+        let mut rng = Rng::new(3);
+        let mut net = Mlp::new(&[3, 5, 2], 1.4, 1.0, &mut rng);
+        for p in net.params.iter_mut() {
+            *p += 0.1 * gaussian(&mut rng) as f32;
+        }
+        let x = [0.3f32, -0.7, 0.2];
+        let loss = |n: &Mlp| {
+            let (y, _) = n.forward(&x);
+            (y[0] * 1.5 - y[1] * 0.5) as f64
+        };
+        let (_, tape) = net.forward(&x);
+        let mut g = vec![0.0; net.params.len()];
+        net.backward(&tape, &[1.5, -0.5], &mut g);
+        for (i, gi) in g.iter().enumerate() {
+            let mut a = net.clone();
+            a.params[i] += 1e-3;
+            let mut b = net.clone();
+            b.params[i] -= 1e-3;
+            let fd = (loss(&a) - loss(&b)) / 2e-3;
+            assert!((fd - *gi as f64).abs() < 2e-3, "param {i}: {fd} vs {gi}");
+        }
+    }
+
+    #[test]
+    fn orthogonal_rows_are_orthonormal() {
+        let mut rng = Rng::new(1);
+        let w = orthogonal(4, 8, 1.0, &mut rng);
+        for a in 0..4 {
+            for b in 0..4 {
+                let d: f32 = (0..8).map(|j| w[a * 8 + j] * w[b * 8 + j]).sum();
+                assert!((d - if a == b { 1.0 } else { 0.0 }).abs() < 1e-5);
+            }
+        }
+    }
+}
