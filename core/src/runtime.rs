@@ -132,9 +132,8 @@ impl Runtime {
     /// Records a reference this process just created and the node already knows it holds
     /// (the return of its own submission, or its own `put`).
     pub(crate) fn register_owned(&self, key: RefKey) {
-        if !self.refs.inc(key) {
-            // Already held (cannot happen for fresh ids); nothing to tell the node.
-        }
+        // Fresh ids are never held yet, and the node already counts this process as a holder.
+        self.refs.inc(key);
     }
 
     /// Records one more reference (a clone, or one decoded from a value).

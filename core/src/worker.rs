@@ -41,19 +41,20 @@ impl WorkerCore {
         self.send(ToNode::Request { req, body });
     }
 
-    fn request_unit(&self, body: Request) -> Result<(), TaskError> {
+    /// Sends a request; the reply, turned into a `T` by `extract`, completes the promise.
+    fn call<T: Clone + Send + 'static>(&self, body: Request, extract: fn(Reply) -> T) -> Promise<T> {
         let p = Promise::new();
         let q = p.clone();
-        self.request(
-            body,
-            Box::new(move |r| {
-                q.complete(match r {
-                    Reply::Unit(r) => r,
-                    other => Err(unexpected(other)),
-                })
-            }),
-        );
-        p.wait()
+        self.request(body, Box::new(move |r| q.complete(extract(r))));
+        p
+    }
+
+    fn request_unit(&self, body: Request) -> Result<(), TaskError> {
+        self.call(body, |r| match r {
+            Reply::Unit(r) => r,
+            other => Err(unexpected(other)),
+        })
+        .wait()
     }
 }
 
@@ -72,18 +73,10 @@ impl Core for WorkerCore {
         self.send(ToNode::SubmitActorTask(spec))
     }
     fn get(&self, id: ObjectId) -> Promise<ObjectResult> {
-        let p = Promise::new();
-        let q = p.clone();
-        self.request(
-            Request::Get(id),
-            Box::new(move |r| {
-                q.complete(match r {
-                    Reply::Object(r) => r.and_then(StoredData::from_payload),
-                    other => Err(unexpected(other)),
-                })
-            }),
-        );
-        p
+        self.call(Request::Get(id), |r| match r {
+            Reply::Object(r) => r.and_then(StoredData::from_payload),
+            other => Err(unexpected(other)),
+        })
     }
     fn put(&self, id: ObjectId, payload: Payload, contained: Vec<RefKey>) {
         self.send(ToNode::Put { id, payload, contained })
@@ -101,18 +94,12 @@ impl Core for WorkerCore {
         self.request_unit(Request::KillActor { id, no_restart })
     }
     fn get_named_actor(&self, name: &str, namespace: &str) -> Result<(ActorId, String), TaskError> {
-        let p = Promise::new();
-        let q = p.clone();
-        self.request(
-            Request::GetNamedActor { name: name.to_string(), namespace: namespace.to_string() },
-            Box::new(move |r| {
-                q.complete(match r {
-                    Reply::NamedActor(r) => r,
-                    other => Err(unexpected(other)),
-                })
-            }),
-        );
-        p.wait()
+        let body = Request::GetNamedActor { name: name.to_string(), namespace: namespace.to_string() };
+        self.call(body, |r| match r {
+            Reply::NamedActor(r) => r,
+            other => Err(unexpected(other)),
+        })
+        .wait()
     }
     fn create_placement_group(&self, spec: PlacementGroupSpec) -> Result<(), TaskError> {
         self.request_unit(Request::CreatePlacementGroup(spec))
@@ -121,47 +108,25 @@ impl Core for WorkerCore {
         self.request_unit(Request::RemovePlacementGroup(id))
     }
     fn placement_group_ready(&self, id: PlacementGroupId) -> Promise<Result<(), TaskError>> {
-        let p = Promise::new();
-        let q = p.clone();
-        self.request(
-            Request::PlacementGroupReady(id),
-            Box::new(move |r| {
-                q.complete(match r {
-                    Reply::Unit(r) => r,
-                    other => Err(unexpected(other)),
-                })
-            }),
-        );
-        p
+        self.call(Request::PlacementGroupReady(id), |r| match r {
+            Reply::Unit(r) => r,
+            other => Err(unexpected(other)),
+        })
     }
     fn state(&self, query: StateQuery) -> Result<StateSnapshot, TaskError> {
-        let p = Promise::new();
-        let q = p.clone();
-        self.request(
-            Request::State(query),
-            Box::new(move |r| {
-                q.complete(match r {
-                    Reply::State(r) => *r,
-                    other => Err(unexpected(other)),
-                })
-            }),
-        );
-        p.wait()
+        self.call(Request::State(query), |r| match r {
+            Reply::State(r) => *r,
+            other => Err(unexpected(other)),
+        })
+        .wait()
     }
     fn shutdown(&self) {}
     fn recycled_file(&self, size: u64) -> Option<String> {
-        let p = Promise::new();
-        let q = p.clone();
-        self.request(
-            Request::RecycledFile(size),
-            Box::new(move |r| {
-                q.complete(match r {
-                    Reply::Path(p) => p,
-                    _ => None,
-                })
-            }),
-        );
-        p.wait()
+        self.call(Request::RecycledFile(size), |r| match r {
+            Reply::Path(p) => p,
+            _ => None,
+        })
+        .wait()
     }
 }
 
