@@ -48,6 +48,9 @@ enum RlCommand {
         seed: u64,
         #[arg(long, default_value_t = 500_000)]
         max_env_steps: u64,
+        /// Env-runner actors sampling in their own processes (0: sample in this process).
+        #[arg(long, default_value_t = 0)]
+        num_env_runners: usize,
         #[arg(long)]
         json: bool,
     },
@@ -98,18 +101,24 @@ fn main() -> anyhow::Result<()> {
             let timing = microbenchmark::Timing { warmup: trial / 2, trial, trials: 4 };
             microbenchmark::run(timing, &filter, json)?;
         }
-        Command::Rl { command: RlCommand::Train { algo, env, seed, max_env_steps, json } } => {
+        Command::Rl { command: RlCommand::Train { algo, env, seed, max_env_steps, num_env_runners, json } } => {
             if algo != "ppo" {
                 anyhow::bail!("--algo {algo} is not available yet; this build trains ppo (dqn, a2c and sac are still to come)");
             }
             let cfg = flare::rl::algo::ppo::PpoConfig { env_id: env, seed, total_env_steps: max_env_steps, ..Default::default() };
             let mut last_print = 0u64;
-            let (summary, _policy) = flare::rl::algo::ppo::train(&cfg, |steps, mean| {
+            let report = |steps: u64, mean: f64| {
                 if !json && steps - last_print >= 20_000 {
                     last_print = steps;
                     println!("env steps {steps:>8}  mean return (last 100) {mean:>8.1}");
                 }
-            })?;
+            };
+            let (summary, _policy) = if num_env_runners == 0 {
+                flare::rl::algo::ppo::train(&cfg, report)?
+            } else {
+                flare::init_with(flare::Config::new().log_to_driver(false))?;
+                flare::rl::algo::ppo::train_distributed(&cfg, num_env_runners, report)?
+            };
             if json {
                 println!("{}", serde_json::to_string(&summary)?);
             } else {

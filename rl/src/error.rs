@@ -14,6 +14,9 @@ pub enum Error {
     /// `step` before `reset`, or after the episode ended without a reset.
     #[error("{0}: call reset() before step()")]
     NeedsReset(String),
+    /// The Flare runtime failed (spawning env runners, sampling on them).
+    #[error("runtime: {0}")]
+    Runtime(String),
     /// A trace file could not be read or does not have the expected layout.
     #[error("trace {path}: {message}")]
     Trace { path: String, message: String },

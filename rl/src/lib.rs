@@ -18,6 +18,7 @@ pub mod error;
 pub mod nn;
 pub mod replay;
 pub mod rng;
+pub mod runner;
 pub mod spaces;
 pub mod vector;
 pub mod wrappers;

@@ -4,7 +4,7 @@
 
 use crate::rng::Rng;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Mlp {
     pub sizes: Vec<usize>,
     pub params: Vec<f32>,

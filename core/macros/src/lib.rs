@@ -57,22 +57,36 @@ fn params<'a>(inputs: impl Iterator<Item = &'a FnArg>) -> syn::Result<Vec<(syn::
     Ok(out)
 }
 
-fn wrap_output(fallible: bool, out: TokenStream2) -> TokenStream2 {
+/// The path generated code uses for Flare: `::flare` by default, or `crate = path` (for
+/// libraries below the `flare` facade, which use `::flare_core`).
+fn crate_path(attr: TokenStream, usage: &str) -> syn::Result<TokenStream2> {
+    if attr.is_empty() {
+        return Ok(quote!(::flare));
+    }
+    let nv: syn::MetaNameValue = syn::parse(attr).map_err(|e| syn::Error::new(e.span(), usage))?;
+    if !nv.path.is_ident("crate") {
+        return Err(syn::Error::new(nv.path.span(), usage));
+    }
+    let v = nv.value;
+    Ok(quote!(#v))
+}
+
+fn wrap_output(krate: &TokenStream2, fallible: bool, out: TokenStream2) -> TokenStream2 {
     if fallible {
         quote!(match #out {
-            ::core::result::Result::Ok(v) => ::flare::__private::ret(v),
-            ::core::result::Result::Err(e) => ::core::result::Result::Err(::flare::__private::user_error(e)),
+            ::core::result::Result::Ok(v) => #krate::__private::ret(v),
+            ::core::result::Result::Err(e) => ::core::result::Result::Err(#krate::__private::user_error(e)),
         })
     } else {
-        quote!(::flare::__private::ret(#out))
+        quote!(#krate::__private::ret(#out))
     }
 }
 
-fn worker_ctor() -> TokenStream2 {
+fn worker_ctor(krate: &TokenStream2) -> TokenStream2 {
     quote! {
-        #[::flare::__private::ctor::ctor]
+        #[#krate::__private::ctor::ctor]
         fn __flare_worker_entry() {
-            ::flare::__worker_entry();
+            #krate::__worker_entry();
         }
     }
 }
@@ -83,19 +97,18 @@ fn worker_ctor() -> TokenStream2 {
 /// returns `Result<T, E>` gives an `ObjectRef<T>` whose `get` reports `Err` as a `UserError`.
 #[proc_macro_attribute]
 pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
-    if !attr.is_empty() {
-        return syn::Error::new(Span::call_site(), "#[flare::remote] takes no arguments; set options with f::options()")
-            .to_compile_error()
-            .into();
-    }
+    let krate = match crate_path(attr, "#[flare::remote] takes only `crate = path`; set options with f::options()") {
+        Ok(k) => k,
+        Err(e) => return e.to_compile_error().into(),
+    };
     let func = parse_macro_input!(item as ItemFn);
-    match remote_impl(&func) {
+    match remote_impl(&func, &krate) {
         Ok(ts) => ts.into(),
         Err(e) => e.to_compile_error().into(),
     }
 }
 
-fn remote_impl(func: &ItemFn) -> syn::Result<TokenStream2> {
+fn remote_impl(func: &ItemFn, krate: &TokenStream2) -> syn::Result<TokenStream2> {
     let sig = &func.sig;
     if !sig.generics.params.is_empty() {
         return Err(syn::Error::new(sig.generics.span(), "a remote function cannot be generic: workers look it up by name"));
@@ -111,8 +124,8 @@ fn remote_impl(func: &ItemFn) -> syn::Result<TokenStream2> {
     let idx: Vec<usize> = (0..ps.len()).collect();
     let n_args = ps.len();
     let Returns { value, fallible } = returns(&sig.output);
-    let call = wrap_output(fallible, quote!(super::#name(#(#names),*)));
-    let ctor = worker_ctor();
+    let call = wrap_output(krate, fallible, quote!(super::#name(#(#names),*)));
+    let ctor = worker_ctor(krate);
     let doc = format!("Remote calls of [`{name}`](fn@{name}): `{name}::remote(..)` and `{name}::options()`.");
     Ok(quote! {
         #func
@@ -126,7 +139,7 @@ fn remote_impl(func: &ItemFn) -> syn::Result<TokenStream2> {
             pub const NAME: &str = concat!(module_path!());
 
             /// Submits a call with the default options.
-            pub fn remote(#(#names: impl ::flare::IntoArg<#types>),*) -> ::flare::ObjectRef<#value> {
+            pub fn remote(#(#names: impl #krate::IntoArg<#types>),*) -> #krate::ObjectRef<#value> {
                 options().remote(#(#names),*)
             }
 
@@ -137,7 +150,7 @@ fn remote_impl(func: &ItemFn) -> syn::Result<TokenStream2> {
 
             /// Options of a call; finish with `.remote(..)`.
             #[must_use = "nothing runs until .remote(..)"]
-            pub struct Options(pub ::flare::TaskOptions);
+            pub struct Options(pub #krate::TaskOptions);
 
             impl Options {
                 pub fn num_cpus(mut self, n: f64) -> Self { self.0.num_cpus = n; self }
@@ -146,27 +159,27 @@ fn remote_impl(func: &ItemFn) -> syn::Result<TokenStream2> {
                 pub fn resources(mut self, name: impl Into<String>, amount: f64) -> Self { self.0.resources.push((name.into(), amount)); self }
                 pub fn max_retries(mut self, n: u32) -> Self { self.0.max_retries = n; self }
                 pub fn retry_exceptions(mut self, on: bool) -> Self { self.0.retry_exceptions = on; self }
-                pub fn scheduling_strategy(mut self, s: ::flare::SchedulingStrategy) -> Self { self.0.scheduling_strategy = s; self }
-                pub fn with(mut self, opts: ::flare::TaskOptions) -> Self { self.0 = opts; self }
+                pub fn scheduling_strategy(mut self, s: #krate::SchedulingStrategy) -> Self { self.0.scheduling_strategy = s; self }
+                pub fn with(mut self, opts: #krate::TaskOptions) -> Self { self.0 = opts; self }
 
                 /// Submits the call.
-                pub fn remote(self, #(#names: impl ::flare::IntoArg<#types>),*) -> ::flare::ObjectRef<#value> {
-                    ::flare::__private::submit_task::<#value>(NAME, &self.0, vec![#(::flare::IntoArg::<#types>::into_arg(#names)),*])
+                pub fn remote(self, #(#names: impl #krate::IntoArg<#types>),*) -> #krate::ObjectRef<#value> {
+                    #krate::__private::submit_task::<#value>(NAME, &self.0, vec![#(#krate::IntoArg::<#types>::into_arg(#names)),*])
                 }
             }
 
-            fn __invoke(args: Vec<::flare::__private::ObjectData>)
-                -> ::core::result::Result<Box<dyn ::flare::__private::ReturnValue>, ::flare::TaskError>
+            fn __invoke(args: Vec<#krate::__private::ObjectData>)
+                -> ::core::result::Result<Box<dyn #krate::__private::ReturnValue>, #krate::TaskError>
             {
-                ::flare::__private::arity(&args, #n_args, NAME)?;
-                #(let #names: #types = ::flare::__private::arg(&args, #idx, NAME)?;)*
+                #krate::__private::arity(&args, #n_args, NAME)?;
+                #(let #names: #types = #krate::__private::arg(&args, #idx, NAME)?;)*
                 #call
             }
 
-            #[::flare::__private::linkme::distributed_slice(::flare::__private::REMOTE_FUNCTIONS)]
-            #[linkme(crate = ::flare::__private::linkme)]
-            static __FLARE_ENTRY: ::flare::__private::RemoteFunction =
-                ::flare::__private::RemoteFunction { name: NAME, invoke: __invoke };
+            #[#krate::__private::linkme::distributed_slice(#krate::__private::REMOTE_FUNCTIONS)]
+            #[linkme(crate = #krate::__private::linkme)]
+            static __FLARE_ENTRY: #krate::__private::RemoteFunction =
+                #krate::__private::RemoteFunction { name: NAME, invoke: __invoke };
 
             #ctor
         }
@@ -179,14 +192,13 @@ fn remote_impl(func: &ItemFn) -> syn::Result<TokenStream2> {
 /// sync or async) return `ObjectRef`s.
 #[proc_macro_attribute]
 pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
-    if !attr.is_empty() {
-        return syn::Error::new(Span::call_site(), "#[flare::actor] takes no arguments; set options on the builder")
-            .to_compile_error()
-            .into();
-    }
+    let krate = match crate_path(attr, "#[flare::actor] takes only `crate = path`; set options on the builder") {
+        Ok(k) => k,
+        Err(e) => return e.to_compile_error().into(),
+    };
     let item2: TokenStream2 = item.clone().into();
     if let Ok(imp) = syn::parse::<ItemImpl>(item) {
-        return match actor_impl(&imp) {
+        return match actor_impl(&imp, &krate) {
             Ok(ts) => ts.into(),
             Err(e) => e.to_compile_error().into(),
         };
@@ -208,7 +220,7 @@ struct Method {
     ret: Returns,
 }
 
-fn actor_impl(imp: &ItemImpl) -> syn::Result<TokenStream2> {
+fn actor_impl(imp: &ItemImpl, krate: &TokenStream2) -> syn::Result<TokenStream2> {
     if !imp.generics.params.is_empty() || imp.trait_.is_some() {
         return Err(syn::Error::new(imp.span(), "#[flare::actor] goes on a plain, non-generic `impl Type { .. }` block"));
     }
@@ -261,17 +273,17 @@ fn actor_impl(imp: &ItemImpl) -> syn::Result<TokenStream2> {
     let cidx: Vec<usize> = (0..ctor_params.len()).collect();
     let n_ctor = ctor_params.len();
     let built = if ctor_fallible {
-        quote!(<#ty>::new(#(#cnames),*).map_err(::flare::__private::user_error)?)
+        quote!(<#ty>::new(#(#cnames),*).map_err(#krate::__private::user_error)?)
     } else {
         quote!(<#ty>::new(#(#cnames),*))
     };
     let state_ty = if is_async {
-        quote!(::std::sync::Arc<::flare::__private::tokio::sync::RwLock<#ty>>)
+        quote!(::std::sync::Arc<#krate::__private::tokio::sync::RwLock<#ty>>)
     } else {
         quote!(::std::sync::RwLock<#ty>)
     };
     let state_new = if is_async {
-        quote!(::std::sync::Arc::new(::flare::__private::tokio::sync::RwLock::new(value)))
+        quote!(::std::sync::Arc::new(#krate::__private::tokio::sync::RwLock::new(value)))
     } else {
         quote!(::std::sync::RwLock::new(value))
     };
@@ -284,8 +296,8 @@ fn actor_impl(imp: &ItemImpl) -> syn::Result<TokenStream2> {
         let doc = format!("Calls `{ty_ident}::{name}` on the actor.");
         quote! {
             #[doc = #doc]
-            pub fn #name(&self, #(#names: impl ::flare::IntoArg<#types>),*) -> ::flare::ObjectRef<#value> {
-                self.actor.call::<#value>(<#ty as ::flare::Actor>::CLASS, stringify!(#name), vec![#(::flare::IntoArg::<#types>::into_arg(#names)),*])
+            pub fn #name(&self, #(#names: impl #krate::IntoArg<#types>),*) -> #krate::ObjectRef<#value> {
+                self.actor.call::<#value>(<#ty as #krate::Actor>::CLASS, stringify!(#name), vec![#(#krate::IntoArg::<#types>::into_arg(#names)),*])
             }
         }
     });
@@ -299,16 +311,16 @@ fn actor_impl(imp: &ItemImpl) -> syn::Result<TokenStream2> {
         let n = m.params.len();
         let label = format!("{ty_ident}.{name}");
         let await_ = if m.is_async { quote!(.await) } else { quote!() };
-        let out = wrap_output(m.ret.fallible, quote!(__out));
+        let out = wrap_output(krate, m.ret.fallible, quote!(__out));
         if is_async {
             let guard = if m.mutable { quote!(__state.write().await) } else { quote!(__state.read().await) };
             let bind = if m.mutable { quote!(let mut __g = #guard;) } else { quote!(let __g = #guard;) };
             quote! {
                 #lit => {
                     let __state = self.0.clone();
-                    ::flare::__private::MethodCall::Future(Box::pin(async move {
-                        ::flare::__private::arity(&args, #n, #label)?;
-                        #(let #names: #types = ::flare::__private::arg(&args, #idx, #label)?;)*
+                    #krate::__private::MethodCall::Future(Box::pin(async move {
+                        #krate::__private::arity(&args, #n, #label)?;
+                        #(let #names: #types = #krate::__private::arg(&args, #idx, #label)?;)*
                         #bind
                         let __out = __g.#name(#(#names),*)#await_;
                         #out
@@ -322,9 +334,9 @@ fn actor_impl(imp: &ItemImpl) -> syn::Result<TokenStream2> {
                 quote!(let __g = self.0.read().unwrap_or_else(|p| p.into_inner());)
             };
             quote! {
-                #lit => ::flare::__private::MethodCall::Ready((|| {
-                    ::flare::__private::arity(&args, #n, #label)?;
-                    #(let #names: #types = ::flare::__private::arg(&args, #idx, #label)?;)*
+                #lit => #krate::__private::MethodCall::Ready((|| {
+                    #krate::__private::arity(&args, #n, #label)?;
+                    #(let #names: #types = #krate::__private::arg(&args, #idx, #label)?;)*
                     #guard
                     let __out = __g.#name(#(#names),*);
                     #out
@@ -332,26 +344,26 @@ fn actor_impl(imp: &ItemImpl) -> syn::Result<TokenStream2> {
             }
         }
     });
-    let ctor_fn = worker_ctor();
+    let ctor_fn = worker_ctor(krate);
     let client_doc = format!("Calls on a `{ty_ident}` actor; reached through `ActorHandle<{ty_ident}>`.");
     Ok(quote! {
         #imp
 
         impl #ty {
             /// Starts building the actor with these constructor arguments; finish with `.spawn()`.
-            pub fn remote(#(#cnames: impl ::flare::IntoArg<#ctypes>),*) -> ::flare::ActorBuilder<#ty> {
-                ::flare::ActorBuilder::new(vec![#(::flare::IntoArg::<#ctypes>::into_arg(#cnames)),*])
+            pub fn remote(#(#cnames: impl #krate::IntoArg<#ctypes>),*) -> #krate::ActorBuilder<#ty> {
+                #krate::ActorBuilder::new(vec![#(#krate::IntoArg::<#ctypes>::into_arg(#cnames)),*])
             }
         }
 
         #[doc = #client_doc]
         #[derive(Clone)]
         pub struct #client {
-            actor: ::flare::ActorRef,
+            actor: #krate::ActorRef,
         }
 
-        impl ::core::convert::From<::flare::ActorRef> for #client {
-            fn from(actor: ::flare::ActorRef) -> Self {
+        impl ::core::convert::From<#krate::ActorRef> for #client {
+            fn from(actor: #krate::ActorRef) -> Self {
                 #client { actor }
             }
         }
@@ -361,11 +373,11 @@ fn actor_impl(imp: &ItemImpl) -> syn::Result<TokenStream2> {
             #(#client_methods)*
         }
 
-        impl ::flare::Actor for #ty {
+        impl #krate::Actor for #ty {
             const CLASS: &'static str = concat!(module_path!(), "::", stringify!(#ty_ident));
             const IS_ASYNC: bool = #is_async;
             type Client = #client;
-            fn actor_ref(client: &#client) -> &::flare::ActorRef {
+            fn actor_ref(client: &#client) -> &#krate::ActorRef {
                 &client.actor
             }
         }
@@ -373,32 +385,32 @@ fn actor_impl(imp: &ItemImpl) -> syn::Result<TokenStream2> {
         const _: () = {
             struct __Instance(#state_ty);
 
-            impl ::flare::__private::ActorInstance for __Instance {
+            impl #krate::__private::ActorInstance for __Instance {
                 #[allow(unused_mut, clippy::redundant_closure_call)]
-                fn call(&self, method: &str, args: Vec<::flare::__private::ObjectData>) -> ::flare::__private::MethodCall {
+                fn call(&self, method: &str, args: Vec<#krate::__private::ObjectData>) -> #krate::__private::MethodCall {
                     match method {
                         #(#arms)*
-                        other => ::flare::__private::MethodCall::Ready(::core::result::Result::Err(::flare::TaskError::new(
-                            ::flare::ErrorKind::NotRegistered,
-                            format!("{} has no method `{}`", <#ty as ::flare::Actor>::CLASS, other),
+                        other => #krate::__private::MethodCall::Ready(::core::result::Result::Err(#krate::TaskError::new(
+                            #krate::ErrorKind::NotRegistered,
+                            format!("{} has no method `{}`", <#ty as #krate::Actor>::CLASS, other),
                         ))),
                     }
                 }
             }
 
-            fn __construct(args: Vec<::flare::__private::ObjectData>)
-                -> ::core::result::Result<Box<dyn ::flare::__private::ActorInstance>, ::flare::TaskError>
+            fn __construct(args: Vec<#krate::__private::ObjectData>)
+                -> ::core::result::Result<Box<dyn #krate::__private::ActorInstance>, #krate::TaskError>
             {
-                ::flare::__private::arity(&args, #n_ctor, <#ty as ::flare::Actor>::CLASS)?;
-                #(let #cnames: #ctypes = ::flare::__private::arg(&args, #cidx, <#ty as ::flare::Actor>::CLASS)?;)*
+                #krate::__private::arity(&args, #n_ctor, <#ty as #krate::Actor>::CLASS)?;
+                #(let #cnames: #ctypes = #krate::__private::arg(&args, #cidx, <#ty as #krate::Actor>::CLASS)?;)*
                 let value = #built;
                 Ok(Box::new(__Instance(#state_new)))
             }
 
-            #[::flare::__private::linkme::distributed_slice(::flare::__private::ACTOR_CLASSES)]
-            #[linkme(crate = ::flare::__private::linkme)]
-            static __FLARE_ENTRY: ::flare::__private::ActorClass =
-                ::flare::__private::ActorClass { name: <#ty as ::flare::Actor>::CLASS, construct: __construct };
+            #[#krate::__private::linkme::distributed_slice(#krate::__private::ACTOR_CLASSES)]
+            #[linkme(crate = #krate::__private::linkme)]
+            static __FLARE_ENTRY: #krate::__private::ActorClass =
+                #krate::__private::ActorClass { name: <#ty as #krate::Actor>::CLASS, construct: __construct };
 
             #ctor_fn
         };

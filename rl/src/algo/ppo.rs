@@ -3,11 +3,13 @@
 //! normalization, global-norm gradient clipping, linear learning-rate annealing.
 
 use super::Summary;
-use crate::env::{make, Action, Env};
+use crate::env::make;
 use crate::error::{Error, Result};
 use crate::nn::{clip_grad_norm, Adam, Mlp};
 use crate::rng::Rng;
+use crate::runner::{softmax, EnvRunner, Rollout, Sampler};
 use crate::spaces::Space;
+use flare_core::ActorHandle;
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -60,30 +62,57 @@ impl Default for PpoConfig {
     }
 }
 
-fn softmax(logits: &[f32]) -> Vec<f32> {
-    let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let e: Vec<f32> = logits.iter().map(|l| (l - m).exp()).collect();
-    let s: f32 = e.iter().sum();
-    e.into_iter().map(|v| v / s).collect()
+/// Where rollouts come from: environments in this process, or env-runner actors.
+enum Source {
+    Local(Sampler),
+    Runners(Vec<ActorHandle<EnvRunner>>),
 }
 
-fn sample(p: &[f32], rng: &mut Rng) -> usize {
-    let u = rng.next_f64() as f32;
-    let mut acc = 0.0;
-    for (i, pi) in p.iter().enumerate() {
-        acc += pi;
-        if u < acc {
-            return i;
+impl Source {
+    fn collect(&mut self, actor: &Mlp, num_steps: usize) -> Result<Vec<Rollout>> {
+        match self {
+            Source::Local(s) => Ok(vec![s.rollout(actor, num_steps)?]),
+            Source::Runners(rs) => {
+                // One put per iteration; every runner's call takes the ref and reads it there.
+                let weights = flare_core::put(actor).map_err(runtime)?;
+                let refs: Vec<_> = rs.iter().map(|r| r.sample(&weights, num_steps as u32)).collect();
+                flare_core::get_all(&refs).map_err(runtime)
+            }
         }
     }
-    p.len() - 1
 }
 
-/// Trains a policy; `progress` gets `(env_steps, mean_return_last_100)` after each update.
-pub fn train(cfg: &PpoConfig, mut progress: impl FnMut(u64, f64)) -> Result<(Summary, Mlp)> {
+fn runtime(e: flare_core::Error) -> Error {
+    Error::Runtime(e.to_string())
+}
+
+/// Trains a policy in this process; `progress` gets `(env_steps, mean_return_last_100)` after
+/// each update.
+pub fn train(cfg: &PpoConfig, progress: impl FnMut(u64, f64)) -> Result<(Summary, Mlp)> {
+    let sampler = Sampler::new(&cfg.env_id, cfg.num_envs, cfg.seed)?;
+    run(cfg, Source::Local(sampler), progress)
+}
+
+/// Trains with `num_runners` env-runner actors (each with `cfg.num_envs` environments and up to
+/// three restarts) sampling in their own processes; needs a running Flare runtime.
+pub fn train_distributed(cfg: &PpoConfig, num_runners: usize, progress: impl FnMut(u64, f64)) -> Result<(Summary, Mlp)> {
+    let runners = (0..num_runners)
+        .map(|i| {
+            EnvRunner::remote(cfg.env_id.clone(), cfg.num_envs as u32, cfg.seed + 1000 * (i as u64 + 1))
+                .num_cpus(1.0)
+                .max_restarts(3)
+                .max_task_retries(3)
+                .spawn()
+                .map_err(runtime)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    run(cfg, Source::Runners(runners), progress)
+}
+
+fn run(cfg: &PpoConfig, mut source: Source, mut progress: impl FnMut(u64, f64)) -> Result<(Summary, Mlp)> {
     let t0 = Instant::now();
-    let mut envs: Vec<Box<dyn Env>> = (0..cfg.num_envs).map(|_| make(&cfg.env_id)).collect::<Result<_>>()?;
-    let n_actions = match envs[0].action_space() {
+    let probe = make(&cfg.env_id)?;
+    let n_actions = match probe.action_space() {
         Space::Discrete { n, .. } => n as usize,
         other => {
             return Err(Error::InvalidAction {
@@ -93,21 +122,22 @@ pub fn train(cfg: &PpoConfig, mut progress: impl FnMut(u64, f64)) -> Result<(Sum
             })
         }
     };
-    let obs_dim = envs[0].observation_space().dim();
-    let threshold = envs[0].reward_threshold().unwrap_or(f64::INFINITY);
+    let obs_dim = probe.observation_space().dim();
+    let threshold = probe.reward_threshold().unwrap_or(f64::INFINITY);
     let mut rng = Rng::new(cfg.seed);
     let g = 2f32.sqrt();
     let mut actor = Mlp::new(&[obs_dim, cfg.hidden, cfg.hidden, n_actions], g, 0.01, &mut rng);
     let mut critic = Mlp::new(&[obs_dim, cfg.hidden, cfg.hidden, 1], g, 1.0, &mut rng);
     let mut opt_a = Adam::new(actor.params.len(), cfg.learning_rate, 1e-5);
     let mut opt_c = Adam::new(critic.params.len(), cfg.learning_rate, 1e-5);
-
-    let mut obs: Vec<Vec<f32>> = envs.iter_mut().enumerate().map(|(i, e)| e.reset(Some(cfg.seed + i as u64)).0).collect();
-    let mut ep_ret = vec![0.0f64; cfg.num_envs];
     let mut recent: VecDeque<f64> = VecDeque::with_capacity(100);
     let mut episodes = 0u64;
-    let batch = cfg.num_envs * cfg.num_steps;
-    let updates = (cfg.total_env_steps as usize).div_ceil(batch);
+    let per_source = match &source {
+        Source::Local(_) => 1,
+        Source::Runners(r) => r.len(),
+    };
+    let batch_size = cfg.num_envs * cfg.num_steps * per_source;
+    let updates = (cfg.total_env_steps as usize).div_ceil(batch_size);
     let mut env_steps = 0u64;
     let mean_recent = |r: &VecDeque<f64>| if r.is_empty() { f64::NEG_INFINITY } else { r.iter().sum::<f64>() / r.len() as f64 };
 
@@ -117,58 +147,47 @@ pub fn train(cfg: &PpoConfig, mut progress: impl FnMut(u64, f64)) -> Result<(Sum
             opt_a.lr = frac * cfg.learning_rate;
             opt_c.lr = frac * cfg.learning_rate;
         }
-        // Rollout: [step][env].
-        let mut b_obs = Vec::with_capacity(batch);
-        let mut b_act = Vec::with_capacity(batch);
-        let mut b_logp = Vec::with_capacity(batch);
-        let mut b_val = Vec::with_capacity(batch);
-        let mut b_rew = Vec::with_capacity(batch);
-        let mut b_done = Vec::with_capacity(batch);
-        for _ in 0..cfg.num_steps {
-            for i in 0..cfg.num_envs {
-                let (logits, _) = actor.forward(&obs[i]);
-                let p = softmax(&logits);
-                let a = sample(&p, &mut rng);
-                let (v, _) = critic.forward(&obs[i]);
-                let st = envs[i].step(&Action::Discrete(a as i64))?;
-                env_steps += 1;
-                ep_ret[i] += st.reward;
-                let done = st.terminated || st.truncated;
-                b_obs.push(std::mem::replace(&mut obs[i], st.obs));
-                b_act.push(a);
-                b_logp.push(p[a].max(1e-12).ln());
-                b_val.push(v[0]);
-                b_rew.push(st.reward as f32);
-                b_done.push(done);
-                if done {
-                    if recent.len() == 100 {
-                        recent.pop_front();
-                    }
-                    recent.push_back(ep_ret[i]);
-                    episodes += 1;
-                    ep_ret[i] = 0.0;
-                    obs[i] = envs[i].reset(None).0;
+        let rollouts = source.collect(&actor, cfg.num_steps)?;
+        // Flatten into one batch; advantages per env sequence (GAE).
+        let mut b_obs = Vec::with_capacity(batch_size);
+        let mut b_act = Vec::with_capacity(batch_size);
+        let mut b_logp = Vec::with_capacity(batch_size);
+        let mut b_val = Vec::with_capacity(batch_size);
+        let mut adv = Vec::with_capacity(batch_size);
+        for r in rollouts {
+            for ret in &r.episode_returns {
+                if recent.len() == 100 {
+                    recent.pop_front();
+                }
+                recent.push_back(*ret);
+                episodes += 1;
+            }
+            env_steps += (r.num_envs * r.num_steps) as u64;
+            let values: Vec<f32> = r.obs.iter().map(|o| critic.forward(o).0[0]).collect();
+            let mut a = vec![0.0f32; values.len()];
+            for (i, last_obs) in r.last_obs.iter().enumerate() {
+                let mut last = 0.0f64;
+                let next_value = critic.forward(last_obs).0[0] as f64;
+                for t in (0..r.num_steps).rev() {
+                    let k = t * r.num_envs + i;
+                    let nonterminal = if r.dones[k] { 0.0 } else { 1.0 };
+                    let next_v = if t + 1 == r.num_steps { next_value } else { values[k + r.num_envs] as f64 };
+                    let delta = r.rewards[k] as f64 + cfg.gamma * next_v * nonterminal - values[k] as f64;
+                    last = delta + cfg.gamma * cfg.gae_lambda * nonterminal * last;
+                    a[k] = last as f32;
                 }
             }
+            b_obs.extend(r.obs);
+            b_act.extend(r.actions.iter().map(|x| *x as usize));
+            b_logp.extend(r.logp);
+            b_val.extend(values);
+            adv.extend(a);
         }
-        // GAE over each env's sequence; index = step * num_envs + env.
-        let mut adv = vec![0.0f32; batch];
-        for (i, last_obs) in obs.iter().enumerate() {
-            let mut last = 0.0f64;
-            let next_value = critic.forward(last_obs).0[0] as f64;
-            for t in (0..cfg.num_steps).rev() {
-                let k = t * cfg.num_envs + i;
-                let nonterminal = if b_done[k] { 0.0 } else { 1.0 };
-                let next_v = if t + 1 == cfg.num_steps { next_value } else { b_val[k + cfg.num_envs] as f64 };
-                let delta = b_rew[k] as f64 + cfg.gamma * next_v * nonterminal - b_val[k] as f64;
-                last = delta + cfg.gamma * cfg.gae_lambda * nonterminal * last;
-                adv[k] = last as f32;
-            }
-        }
+        let batch = b_obs.len();
         let returns: Vec<f32> = adv.iter().zip(&b_val).map(|(a, v)| a + v).collect();
 
         // Optimize.
-        let mb = batch / cfg.num_minibatches;
+        let mb = (batch / cfg.num_minibatches).max(1);
         let mut idx: Vec<usize> = (0..batch).collect();
         for _ in 0..cfg.update_epochs {
             for i in (1..idx.len()).rev() {

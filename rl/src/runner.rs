@@ -1,0 +1,114 @@
+//! Rollouts: stepping environments with a policy, in this process or in env-runner actors
+//! (RLlib's EnvRunner) that each own a set of environments and receive the current policy
+//! weights through the object store every iteration.
+
+use crate::env::{make, Action, Env};
+use crate::nn::Mlp;
+use crate::rng::Rng;
+use serde::{Deserialize, Serialize};
+use std::sync::Mutex;
+
+/// A batch of experience, indexed `step * num_envs + env`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Rollout {
+    pub num_envs: usize,
+    pub num_steps: usize,
+    pub obs: Vec<Vec<f32>>,
+    pub actions: Vec<u32>,
+    pub logp: Vec<f32>,
+    pub rewards: Vec<f32>,
+    pub dones: Vec<bool>,
+    /// The observation after the last step, per env (for bootstrapping).
+    pub last_obs: Vec<Vec<f32>>,
+    /// Returns of the episodes that ended during this rollout.
+    pub episode_returns: Vec<f64>,
+    /// The process that stepped the environments.
+    pub pid: u32,
+}
+
+pub(crate) fn softmax(logits: &[f32]) -> Vec<f32> {
+    let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = logits.iter().map(|l| (l - m).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.into_iter().map(|v| v / s).collect()
+}
+
+fn sample(p: &[f32], rng: &mut Rng) -> usize {
+    let u = rng.next_f64() as f32;
+    let mut acc = 0.0;
+    for (i, pi) in p.iter().enumerate() {
+        acc += pi;
+        if u < acc {
+            return i;
+        }
+    }
+    p.len() - 1
+}
+
+/// Environments with their current observations; steps them with a categorical policy.
+pub struct Sampler {
+    envs: Vec<Box<dyn Env>>,
+    obs: Vec<Vec<f32>>,
+    ep_ret: Vec<f64>,
+    rng: Rng,
+}
+
+impl Sampler {
+    pub fn new(env_id: &str, num_envs: usize, seed: u64) -> crate::Result<Self> {
+        let mut envs: Vec<Box<dyn Env>> = (0..num_envs).map(|_| make(env_id)).collect::<crate::Result<_>>()?;
+        let obs = envs.iter_mut().enumerate().map(|(i, e)| e.reset(Some(seed + i as u64)).0).collect();
+        Ok(Sampler { envs, obs, ep_ret: vec![0.0; num_envs], rng: Rng::new(seed ^ 0x5EED) })
+    }
+
+    pub fn envs(&self) -> &[Box<dyn Env>] {
+        &self.envs
+    }
+
+    /// `num_steps` steps of every env; an episode that ends is reset at once.
+    pub fn rollout(&mut self, policy: &Mlp, num_steps: usize) -> crate::Result<Rollout> {
+        let n = self.envs.len();
+        let mut r = Rollout { num_envs: n, num_steps, pid: std::process::id(), ..Default::default() };
+        for _ in 0..num_steps {
+            for i in 0..n {
+                let p = softmax(&policy.forward(&self.obs[i]).0);
+                let a = sample(&p, &mut self.rng);
+                let st = self.envs[i].step(&Action::Discrete(a as i64))?;
+                self.ep_ret[i] += st.reward;
+                let done = st.terminated || st.truncated;
+                r.obs.push(std::mem::replace(&mut self.obs[i], st.obs));
+                r.actions.push(a as u32);
+                r.logp.push(p[a].max(1e-12).ln());
+                r.rewards.push(st.reward as f32);
+                r.dones.push(done);
+                if done {
+                    r.episode_returns.push(std::mem::take(&mut self.ep_ret[i]));
+                    self.obs[i] = self.envs[i].reset(None).0;
+                }
+            }
+        }
+        r.last_obs = self.obs.clone();
+        Ok(r)
+    }
+}
+
+/// An env-runner actor: a [`Sampler`] in its own worker process.
+pub struct EnvRunner {
+    sampler: Mutex<Sampler>,
+}
+
+#[flare_macros::actor(crate = ::flare_core)]
+impl EnvRunner {
+    fn new(env_id: String, num_envs: u32, seed: u64) -> Result<Self, String> {
+        Ok(EnvRunner { sampler: Mutex::new(Sampler::new(&env_id, num_envs as usize, seed).map_err(|e| e.to_string())?) })
+    }
+
+    /// A rollout with the given policy weights (passed as an object ref: resolved on arrival).
+    fn sample(&self, policy: Mlp, num_steps: u32) -> Result<Rollout, String> {
+        let mut s = self.sampler.lock().unwrap_or_else(|p| p.into_inner());
+        s.rollout(&policy, num_steps as usize).map_err(|e| e.to_string())
+    }
+
+    fn pid(&self) -> u32 {
+        std::process::id()
+    }
+}
