@@ -102,8 +102,35 @@ fn main() -> anyhow::Result<()> {
             microbenchmark::run(timing, &filter, json)?;
         }
         Command::Rl { command: RlCommand::Train { algo, env, seed, max_env_steps, num_env_runners, json } } => {
-            if algo != "ppo" {
-                anyhow::bail!("--algo {algo} is not available yet; this build trains ppo (dqn, a2c and sac are still to come)");
+            if algo != "ppo" && algo != "dqn" {
+                anyhow::bail!(
+                    "--algo {algo} is not available yet; this build trains ppo and dqn (a2c and sac are still to come)"
+                );
+            }
+            if algo == "dqn" {
+                if num_env_runners > 0 {
+                    anyhow::bail!("--num-env-runners is supported by ppo only for now");
+                }
+                let cfg = flare::rl::algo::dqn::DqnConfig {
+                    env_id: env.clone(),
+                    seed,
+                    total_env_steps: max_env_steps,
+                    ..Default::default()
+                };
+                let (summary, _q) = flare::rl::algo::dqn::train(&cfg, |steps, mean| {
+                    if !json && steps % 20_000 == 0 {
+                        println!("env steps {steps:>8}  mean return (last 100) {mean:>8.1}");
+                    }
+                })?;
+                if json {
+                    println!("{}", serde_json::to_string(&summary)?);
+                } else {
+                    println!(
+                        "{env}: solved={} after {} env steps, mean return {:.1}, {:.1} s",
+                        summary.solved, summary.env_steps, summary.mean_return, summary.wall_s
+                    );
+                }
+                return Ok(());
             }
             let cfg = flare::rl::algo::ppo::PpoConfig { env_id: env, seed, total_env_steps: max_env_steps, ..Default::default() };
             let mut last_print = 0u64;

@@ -30,3 +30,21 @@ fn ppo_solves_cartpole_on_most_seeds() {
         (1..=5).map(|seed| train(&PpoConfig { seed, ..Default::default() }, |_, _| {}).unwrap().0.solved).collect();
     assert!(solved.iter().filter(|s| **s).count() >= 4, "{solved:?}");
 }
+
+#[test]
+fn dqn_improves_quickly_on_cartpole() {
+    use flare_rl::algo::dqn::{train, DqnConfig};
+    // A faster schedule than the defaults (which solve CartPole in a few hundred thousand steps):
+    // explore over 10k steps, learn from step 1k, train every 2 steps.
+    let cfg = DqnConfig {
+        seed: 1,
+        total_env_steps: 30_000,
+        exploration_fraction: 1.0 / 3.0,
+        learning_starts: 1_000,
+        train_frequency: 2,
+        batch_size: 64,
+        ..Default::default()
+    };
+    let (s, _) = train(&cfg, |_, _| {}).unwrap();
+    assert!(s.mean_return > 60.0, "mean return {} after 30k steps", s.mean_return);
+}

@@ -1,0 +1,165 @@
+//! DQN for discrete actions (CleanRL's `dqn.py`): a replay buffer, a target network synced every
+//! `target_network_frequency` steps, double-DQN targets, and a linear epsilon schedule.
+
+use super::Summary;
+use crate::env::{make, Action};
+use crate::error::{Error, Result};
+use crate::nn::{clip_grad_norm, Adam, Mlp};
+use crate::rng::Rng;
+use crate::spaces::Space;
+use std::collections::VecDeque;
+use std::time::Instant;
+
+/// Hyperparameters; the defaults are CleanRL's for CartPole (with double DQN on).
+#[derive(Clone, Debug)]
+pub struct DqnConfig {
+    pub env_id: String,
+    pub seed: u64,
+    pub total_env_steps: u64,
+    pub learning_rate: f32,
+    pub buffer_size: usize,
+    pub gamma: f32,
+    pub target_network_frequency: u64,
+    pub batch_size: usize,
+    pub start_e: f64,
+    pub end_e: f64,
+    pub exploration_fraction: f64,
+    pub learning_starts: u64,
+    pub train_frequency: u64,
+    pub double_dqn: bool,
+    pub hidden: usize,
+    pub max_grad_norm: f32,
+    pub stop_when_solved: bool,
+}
+
+impl Default for DqnConfig {
+    fn default() -> Self {
+        DqnConfig {
+            env_id: "CartPole-v1".into(),
+            seed: 1,
+            total_env_steps: 500_000,
+            learning_rate: 2.5e-4,
+            buffer_size: 10_000,
+            gamma: 0.99,
+            target_network_frequency: 500,
+            batch_size: 128,
+            start_e: 1.0,
+            end_e: 0.05,
+            exploration_fraction: 0.5,
+            learning_starts: 10_000,
+            train_frequency: 10,
+            double_dqn: true,
+            hidden: 120,
+            max_grad_norm: 10.0,
+            stop_when_solved: true,
+        }
+    }
+}
+
+struct Transition {
+    obs: Vec<f32>,
+    action: usize,
+    reward: f32,
+    next_obs: Vec<f32>,
+    /// Terminated (not truncated): no bootstrap from the next state.
+    terminal: bool,
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0)
+}
+
+/// Trains a Q-network; `progress` gets `(env_steps, mean_return_last_100)` every 1,000 steps.
+pub fn train(cfg: &DqnConfig, mut progress: impl FnMut(u64, f64)) -> Result<(Summary, Mlp)> {
+    let t0 = Instant::now();
+    let mut env = make(&cfg.env_id)?;
+    let n_actions = match env.action_space() {
+        Space::Discrete { n, .. } => n as usize,
+        other => {
+            return Err(Error::InvalidAction {
+                env: cfg.env_id.clone(),
+                action: "DQN (discrete)".into(),
+                expected: format!("a Discrete action space, not {other:?}"),
+            })
+        }
+    };
+    let obs_dim = env.observation_space().dim();
+    let threshold = env.reward_threshold().unwrap_or(f64::INFINITY);
+    let mut rng = Rng::new(cfg.seed);
+    let sizes = [obs_dim, cfg.hidden, cfg.hidden / 2 + 4, n_actions];
+    let mut q = Mlp::new(&sizes, 2f32.sqrt(), 1.0, &mut rng);
+    let mut target = q.clone();
+    let mut opt = Adam::new(q.params.len(), cfg.learning_rate, 1e-8);
+    let mut buffer: VecDeque<Transition> = VecDeque::with_capacity(cfg.buffer_size);
+    let mut recent: VecDeque<f64> = VecDeque::with_capacity(100);
+    let mean_recent = |r: &VecDeque<f64>| if r.is_empty() { f64::NEG_INFINITY } else { r.iter().sum::<f64>() / r.len() as f64 };
+    let (mut obs, _) = env.reset(Some(cfg.seed));
+    let (mut ep_ret, mut episodes) = (0.0f64, 0u64);
+    let explore_steps = (cfg.exploration_fraction * cfg.total_env_steps as f64).max(1.0);
+    let mut step = 0u64;
+    while step < cfg.total_env_steps {
+        let eps = cfg.start_e + (cfg.end_e - cfg.start_e) * (step as f64 / explore_steps).min(1.0);
+        let a = if rng.next_f64() < eps { rng.below(n_actions as u64) as usize } else { argmax(&q.forward(&obs).0) };
+        let st = env.step(&Action::Discrete(a as i64))?;
+        step += 1;
+        ep_ret += st.reward;
+        if buffer.len() == cfg.buffer_size {
+            buffer.pop_front();
+        }
+        buffer.push_back(Transition {
+            obs: obs.clone(),
+            action: a,
+            reward: st.reward as f32,
+            next_obs: st.obs.clone(),
+            terminal: st.terminated,
+        });
+        obs = st.obs;
+        if st.terminated || st.truncated {
+            if recent.len() == 100 {
+                recent.pop_front();
+            }
+            recent.push_back(ep_ret);
+            episodes += 1;
+            ep_ret = 0.0;
+            obs = env.reset(None).0;
+        }
+        if step > cfg.learning_starts && step % cfg.train_frequency == 0 {
+            let mut grad = vec![0.0f32; q.params.len()];
+            let n = cfg.batch_size as f32;
+            for _ in 0..cfg.batch_size {
+                let t = &buffer[rng.below(buffer.len() as u64) as usize];
+                let next_t = target.forward(&t.next_obs).0;
+                let next_v = if cfg.double_dqn { next_t[argmax(&q.forward(&t.next_obs).0)] } else { next_t[argmax(&next_t)] };
+                let y = t.reward + if t.terminal { 0.0 } else { cfg.gamma * next_v };
+                let (qs, tape) = q.forward(&t.obs);
+                let mut dout = vec![0.0f32; n_actions];
+                // d/dq of mean squared TD error.
+                dout[t.action] = 2.0 * (qs[t.action] - y) / n;
+                q.backward(&tape, &dout, &mut grad);
+            }
+            clip_grad_norm(&mut [&mut grad], cfg.max_grad_norm);
+            opt.step(&mut q.params, &grad);
+        }
+        if step % cfg.target_network_frequency == 0 {
+            target = q.clone();
+        }
+        if step % 1000 == 0 {
+            let m = mean_recent(&recent);
+            progress(step, m);
+            if cfg.stop_when_solved && recent.len() == 100 && m >= threshold {
+                break;
+            }
+        }
+    }
+    let mean_return = mean_recent(&recent);
+    Ok((
+        Summary {
+            solved: recent.len() == 100 && mean_return >= threshold,
+            env_steps: step,
+            mean_return,
+            wall_s: t0.elapsed().as_secs_f64(),
+            episodes,
+        },
+        q,
+    ))
+}
