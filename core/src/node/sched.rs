@@ -224,7 +224,7 @@ impl NodeState {
                         if now_or_never || now.duration_since(since) >= grace {
                             self.ready[qi].1.pop_front();
                             let name = t.spec.name.clone();
-                            let e = TaskError::new(ErrorKind::Infeasible, format!("task `{name}` {why}"));
+                            let e = TaskError::new(ErrorKind::Infeasible, why).with_task(&name);
                             self.finish_task(tid, Err(e), fx);
                         } else {
                             break;
