@@ -34,7 +34,7 @@ fn distributed_ppo_learns_and_survives_a_runner_kill() {
     .unwrap();
     assert!(killed);
     assert!(s.env_steps >= 48_000, "{s:?}");
-    assert!(s.mean_return > 60.0, "mean return {} after {} steps; curve {curve:?}", s.mean_return, s.env_steps);
+    assert!(s.mean_return > 100.0, "mean return {} after {} steps; curve {curve:?}", s.mean_return, s.env_steps);
     assert!(restarted, "the killed runner came back and training went on");
 }
 

@@ -5,12 +5,12 @@ use flare_rl::algo::ppo::{train, PpoConfig};
 
 #[test]
 fn ppo_improves_quickly_on_cartpole() {
-    // A random CartPole policy averages about 22; 40k steps of PPO should be well past that.
+    // A random CartPole policy averages about 22; 40k steps of PPO are well past that (181 measured).
     let cfg = PpoConfig { seed: 1, total_env_steps: 40_000, ..Default::default() };
     let mut curve = Vec::new();
     let (s, _) = train(&cfg, |steps, mean| curve.push((steps, mean))).unwrap();
     assert!(s.env_steps >= 40_000 && s.episodes > 50);
-    assert!(s.mean_return > 60.0, "mean return {} after 40k steps; curve {curve:?}", s.mean_return);
+    assert!(s.mean_return > 100.0, "mean return {} after 40k steps; curve {curve:?}", s.mean_return);
 }
 
 #[test]
@@ -46,5 +46,5 @@ fn dqn_improves_quickly_on_cartpole() {
         ..Default::default()
     };
     let (s, _) = train(&cfg, |_, _| {}).unwrap();
-    assert!(s.mean_return > 60.0, "mean return {} after 30k steps", s.mean_return);
+    assert!(s.mean_return > 100.0, "mean return {} after 30k steps", s.mean_return);
 }
