@@ -102,10 +102,29 @@ fn main() -> anyhow::Result<()> {
             microbenchmark::run(timing, &filter, json)?;
         }
         Command::Rl { command: RlCommand::Train { algo, env, seed, max_env_steps, num_env_runners, json } } => {
-            if algo != "ppo" && algo != "dqn" {
-                anyhow::bail!(
-                    "--algo {algo} is not available yet; this build trains ppo and dqn (a2c and sac are still to come)"
-                );
+            if !["ppo", "dqn", "a2c"].contains(&algo.as_str()) {
+                anyhow::bail!("--algo {algo} is not available yet; this build trains ppo, dqn and a2c (sac is still to come)");
+            }
+            if algo == "a2c" {
+                if num_env_runners > 0 {
+                    anyhow::bail!("--num-env-runners is supported by ppo only for now");
+                }
+                let cfg = flare::rl::algo::a2c::A2cConfig {
+                    env_id: env.clone(),
+                    seed,
+                    total_env_steps: max_env_steps,
+                    ..Default::default()
+                };
+                let (summary, _policy) = flare::rl::algo::a2c::train(&cfg, |_, _| {})?;
+                if json {
+                    println!("{}", serde_json::to_string(&summary)?);
+                } else {
+                    println!(
+                        "{env}: solved={} after {} env steps, mean return {:.1}, {:.1} s",
+                        summary.solved, summary.env_steps, summary.mean_return, summary.wall_s
+                    );
+                }
+                return Ok(());
             }
             if algo == "dqn" {
                 if num_env_runners > 0 {

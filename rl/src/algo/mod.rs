@@ -1,5 +1,6 @@
 //! Learning algorithms, one readable file each.
 
+pub mod a2c;
 pub mod dqn;
 pub mod ppo;
 

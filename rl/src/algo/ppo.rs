@@ -32,6 +32,8 @@ pub struct PpoConfig {
     pub ent_coef: f32,
     pub vf_coef: f32,
     pub max_grad_norm: f32,
+    /// Normalize advantages per minibatch.
+    pub norm_adv: bool,
     pub hidden: usize,
     /// Stop early once solved.
     pub stop_when_solved: bool,
@@ -56,6 +58,7 @@ impl Default for PpoConfig {
             ent_coef: 0.01,
             vf_coef: 0.5,
             max_grad_norm: 0.5,
+            norm_adv: true,
             hidden: 64,
             stop_when_solved: true,
         }
@@ -63,12 +66,16 @@ impl Default for PpoConfig {
 }
 
 /// Where rollouts come from: environments in this process, or env-runner actors.
-enum Source {
+pub(crate) enum Source {
     Local(Sampler),
     Runners(Vec<ActorHandle<EnvRunner>>),
 }
 
 impl Source {
+    pub(crate) fn local(cfg: &PpoConfig) -> Result<Source> {
+        Ok(Source::Local(Sampler::new(&cfg.env_id, cfg.num_envs, cfg.seed)?))
+    }
+
     fn collect(&mut self, actor: &Mlp, num_steps: usize) -> Result<Vec<Rollout>> {
         match self {
             Source::Local(s) => Ok(vec![s.rollout(actor, num_steps)?]),
@@ -89,8 +96,7 @@ fn runtime(e: flare_core::Error) -> Error {
 /// Trains a policy in this process; `progress` gets `(env_steps, mean_return_last_100)` after
 /// each update.
 pub fn train(cfg: &PpoConfig, progress: impl FnMut(u64, f64)) -> Result<(Summary, Mlp)> {
-    let sampler = Sampler::new(&cfg.env_id, cfg.num_envs, cfg.seed)?;
-    run(cfg, Source::Local(sampler), progress)
+    run(cfg, Source::local(cfg)?, progress)
 }
 
 /// Trains with `num_runners` env-runner actors (each with `cfg.num_envs` environments and up to
@@ -109,7 +115,7 @@ pub fn train_distributed(cfg: &PpoConfig, num_runners: usize, progress: impl FnM
     run(cfg, Source::Runners(runners), progress)
 }
 
-fn run(cfg: &PpoConfig, mut source: Source, mut progress: impl FnMut(u64, f64)) -> Result<(Summary, Mlp)> {
+pub(crate) fn run(cfg: &PpoConfig, mut source: Source, mut progress: impl FnMut(u64, f64)) -> Result<(Summary, Mlp)> {
     let t0 = Instant::now();
     let probe = make(&cfg.env_id)?;
     let n_actions = match probe.action_space() {
@@ -201,7 +207,7 @@ fn run(cfg: &PpoConfig, mut source: Source, mut progress: impl FnMut(u64, f64)) 
                 let mut ga = vec![0.0f32; actor.params.len()];
                 let mut gc = vec![0.0f32; critic.params.len()];
                 for &k in chunk {
-                    let a_norm = (adv[k] - mean) / (std + 1e-8);
+                    let a_norm = if cfg.norm_adv { (adv[k] - mean) / (std + 1e-8) } else { adv[k] };
                     let (logits, tape) = actor.forward(&b_obs[k]);
                     let p = softmax(&logits);
                     let logp: Vec<f32> = p.iter().map(|x| x.max(1e-12).ln()).collect();
