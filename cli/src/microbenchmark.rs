@@ -11,6 +11,12 @@ fn small_value() -> u64 {
     0
 }
 
+/// An object holding 10,000 refs ("single client get object containing 10k refs").
+#[flare::remote]
+fn create_object_containing_ref() -> flare::Result<Vec<ObjectRef<u64>>> {
+    (0..10_000).map(|i| flare::put(&(i as u64))).collect()
+}
+
 /// Puts `count` small objects from inside a task ("multi client put calls").
 #[flare::remote]
 fn do_put_small(count: u32) -> flare::Result<()> {
@@ -71,6 +77,34 @@ impl AsyncServer {
     async fn small_value(&self) -> u64 {
         0
     }
+    async fn small_value_with_arg(&self, _x: u64) -> u64 {
+        0
+    }
+}
+
+/// Ray's benchmark `Client` over async actors ("1:n async-actor calls").
+pub struct AsyncClient {
+    servers: Vec<ActorHandle<AsyncServer>>,
+}
+
+#[flare::actor]
+impl AsyncClient {
+    fn new(servers: Vec<ActorHandle<AsyncServer>>) -> Self {
+        AsyncClient { servers }
+    }
+    fn small_value_batch(&self, n: u32) -> flare::Result<()> {
+        let refs: Vec<_> = self.servers.iter().flat_map(|s| (0..n).map(move |_| s.small_value())).collect();
+        flare::get_all(&refs)?;
+        Ok(())
+    }
+}
+
+/// Calls `n` async-actor methods spread over `actors` and waits for them ("n:n async-actor calls").
+#[flare::remote]
+fn async_actor_work(actors: Vec<ActorHandle<AsyncServer>>, n: u32) -> flare::Result<()> {
+    let refs: Vec<_> = (0..n as usize).map(|i| actors[i % actors.len()].small_value()).collect();
+    flare::get_all(&refs)?;
+    Ok(())
 }
 
 /// Ray's benchmark `Client`: calls a set of servers.
@@ -175,10 +209,18 @@ pub fn run(timing: Timing, filter: &str, json: bool) -> flare::Result<Vec<Row>> 
         let arr = Buffer::from(vec![0u8; 800 << 20]);
         case!("single client put gigabytes", 0.8, || flare::put(&arr).map(|_| ()));
     }
+    case!("single client tasks and get batch", 1, || {
+        let refs: Vec<_> = (0..1000).map(|_| small_value::remote()).collect();
+        flare::get_all(&refs).map(|_| ())
+    });
     case!("multi client put gigabytes", 10.0 * 8.0 * 0.1, || {
         let refs: Vec<_> = (0..10).map(|_| do_put::remote(10, 80 << 20)).collect();
         flare::get_all(&refs).map(|_| ())
     });
+    if want("single client get object containing 10k refs") {
+        let obj = create_object_containing_ref::remote();
+        case!("single client get object containing 10k refs", 1, || obj.get().map(|_| ()));
+    }
     case!("single client wait 1k refs", 1, || {
         let mut not_ready: Vec<_> = (0..1000).map(|_| small_value::remote()).collect();
         while !not_ready.is_empty() {
@@ -240,6 +282,24 @@ pub fn run(timing: Timing, filter: &str, json: bool) -> flare::Result<Vec<Row>> 
         let refs: Vec<_> = (0..1000).map(|_| aa.small_value()).collect();
         flare::get_all(&refs).map(|_| ())
     });
+    case!("1:1 async-actor calls with args async", 1000, || {
+        let refs: Vec<_> = (0..1000u64).map(|i| aa.small_value_with_arg(i)).collect();
+        flare::get_all(&refs).map(|_| ())
+    });
+    if want("1:n async-actor calls async") {
+        let n = 5000u32;
+        let servers = (0..n_cpu).map(|_| AsyncServer::remote().spawn()).collect::<flare::Result<Vec<_>>>()?;
+        let client = AsyncClient::remote(servers.clone()).spawn()?;
+        case!("1:n async-actor calls async", n as usize * servers.len(), || client.small_value_batch(n).get());
+    }
+    if want("n:n async-actor calls async") {
+        let (n, m) = (5000u32, 4usize);
+        let servers = (0..n_cpu).map(|_| AsyncServer::remote().spawn()).collect::<flare::Result<Vec<_>>>()?;
+        case!("n:n async-actor calls async", m * n as usize, || {
+            let refs: Vec<_> = (0..m).map(|_| async_actor_work::remote(servers.clone(), n)).collect();
+            flare::get_all(&refs).map(|_| ())
+        });
+    }
     if want("placement group create/removal") {
         let num_pgs = 100;
         case!("placement group create/removal", num_pgs, || {
