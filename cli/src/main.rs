@@ -102,56 +102,9 @@ fn main() -> anyhow::Result<()> {
             microbenchmark::run(timing, &filter, json)?;
         }
         Command::Rl { command: RlCommand::Train { algo, env, seed, max_env_steps, num_env_runners, json } } => {
-            if !["ppo", "dqn", "a2c"].contains(&algo.as_str()) {
-                anyhow::bail!("--algo {algo} is not available yet; this build trains ppo, dqn and a2c (sac is still to come)");
+            if num_env_runners > 0 && algo != "ppo" {
+                anyhow::bail!("--num-env-runners is supported by ppo only for now");
             }
-            if algo == "a2c" {
-                if num_env_runners > 0 {
-                    anyhow::bail!("--num-env-runners is supported by ppo only for now");
-                }
-                let cfg = flare::rl::algo::a2c::A2cConfig {
-                    env_id: env.clone(),
-                    seed,
-                    total_env_steps: max_env_steps,
-                    ..Default::default()
-                };
-                let (summary, _policy) = flare::rl::algo::a2c::train(&cfg, |_, _| {})?;
-                if json {
-                    println!("{}", serde_json::to_string(&summary)?);
-                } else {
-                    println!(
-                        "{env}: solved={} after {} env steps, mean return {:.1}, {:.1} s",
-                        summary.solved, summary.env_steps, summary.mean_return, summary.wall_s
-                    );
-                }
-                return Ok(());
-            }
-            if algo == "dqn" {
-                if num_env_runners > 0 {
-                    anyhow::bail!("--num-env-runners is supported by ppo only for now");
-                }
-                let cfg = flare::rl::algo::dqn::DqnConfig {
-                    env_id: env.clone(),
-                    seed,
-                    total_env_steps: max_env_steps,
-                    ..Default::default()
-                };
-                let (summary, _q) = flare::rl::algo::dqn::train(&cfg, |steps, mean| {
-                    if !json && steps % 20_000 == 0 {
-                        println!("env steps {steps:>8}  mean return (last 100) {mean:>8.1}");
-                    }
-                })?;
-                if json {
-                    println!("{}", serde_json::to_string(&summary)?);
-                } else {
-                    println!(
-                        "{env}: solved={} after {} env steps, mean return {:.1}, {:.1} s",
-                        summary.solved, summary.env_steps, summary.mean_return, summary.wall_s
-                    );
-                }
-                return Ok(());
-            }
-            let cfg = flare::rl::algo::ppo::PpoConfig { env_id: env, seed, total_env_steps: max_env_steps, ..Default::default() };
             let mut last_print = 0u64;
             let report = |steps: u64, mean: f64| {
                 if !json && steps - last_print >= 20_000 {
@@ -159,18 +112,35 @@ fn main() -> anyhow::Result<()> {
                     println!("env steps {steps:>8}  mean return (last 100) {mean:>8.1}");
                 }
             };
-            let (summary, _policy) = if num_env_runners == 0 {
-                flare::rl::algo::ppo::train(&cfg, report)?
-            } else {
-                flare::init_with(flare::Config::new().log_to_driver(false))?;
-                flare::rl::algo::ppo::train_distributed(&cfg, num_env_runners, report)?
+            use flare::rl::algo::{a2c, dqn, ppo};
+            let summary = match algo.as_str() {
+                "ppo" => {
+                    let cfg = ppo::PpoConfig { env_id: env.clone(), seed, total_env_steps: max_env_steps, ..Default::default() };
+                    if num_env_runners == 0 {
+                        ppo::train(&cfg, report)?.0
+                    } else {
+                        flare::init_with(flare::Config::new().log_to_driver(false))?;
+                        ppo::train_distributed(&cfg, num_env_runners, report)?.0
+                    }
+                }
+                "dqn" => {
+                    let cfg = dqn::DqnConfig { env_id: env.clone(), seed, total_env_steps: max_env_steps, ..Default::default() };
+                    dqn::train(&cfg, report)?.0
+                }
+                "a2c" => {
+                    let cfg = a2c::A2cConfig { env_id: env.clone(), seed, total_env_steps: max_env_steps, ..Default::default() };
+                    a2c::train(&cfg, report)?.0
+                }
+                other => anyhow::bail!(
+                    "--algo {other} is not available yet; this build trains ppo, dqn and a2c (sac is still to come)"
+                ),
             };
             if json {
                 println!("{}", serde_json::to_string(&summary)?);
             } else {
                 println!(
-                    "{}: solved={} after {} env steps, mean return {:.1}, {:.1} s",
-                    cfg.env_id, summary.solved, summary.env_steps, summary.mean_return, summary.wall_s
+                    "{env}: solved={} after {} env steps, mean return {:.1}, {:.1} s",
+                    summary.solved, summary.env_steps, summary.mean_return, summary.wall_s
                 );
             }
         }

@@ -3,10 +3,9 @@
 
 use super::Summary;
 use crate::env::{make, Action};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::nn::{clip_grad_norm, Adam, Mlp};
 use crate::rng::Rng;
-use crate::spaces::Space;
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -73,16 +72,7 @@ fn argmax(v: &[f32]) -> usize {
 pub fn train(cfg: &DqnConfig, mut progress: impl FnMut(u64, f64)) -> Result<(Summary, Mlp)> {
     let t0 = Instant::now();
     let mut env = make(&cfg.env_id)?;
-    let n_actions = match env.action_space() {
-        Space::Discrete { n, .. } => n as usize,
-        other => {
-            return Err(Error::InvalidAction {
-                env: cfg.env_id.clone(),
-                action: "DQN (discrete)".into(),
-                expected: format!("a Discrete action space, not {other:?}"),
-            })
-        }
-    };
+    let n_actions = super::discrete_actions(&*env, "DQN")?;
     let obs_dim = env.observation_space().dim();
     let threshold = env.reward_threshold().unwrap_or(f64::INFINITY);
     let mut rng = Rng::new(cfg.seed);
@@ -91,10 +81,9 @@ pub fn train(cfg: &DqnConfig, mut progress: impl FnMut(u64, f64)) -> Result<(Sum
     let mut target = q.clone();
     let mut opt = Adam::new(q.params.len(), cfg.learning_rate, 1e-8);
     let mut buffer: VecDeque<Transition> = VecDeque::with_capacity(cfg.buffer_size);
-    let mut recent: VecDeque<f64> = VecDeque::with_capacity(100);
-    let mean_recent = |r: &VecDeque<f64>| if r.is_empty() { f64::NEG_INFINITY } else { r.iter().sum::<f64>() / r.len() as f64 };
+    let mut recent = super::Recent::default();
     let (mut obs, _) = env.reset(Some(cfg.seed));
-    let (mut ep_ret, mut episodes) = (0.0f64, 0u64);
+    let mut ep_ret = 0.0f64;
     let explore_steps = (cfg.exploration_fraction * cfg.total_env_steps as f64).max(1.0);
     let mut step = 0u64;
     while step < cfg.total_env_steps {
@@ -115,11 +104,7 @@ pub fn train(cfg: &DqnConfig, mut progress: impl FnMut(u64, f64)) -> Result<(Sum
         });
         obs = st.obs;
         if st.terminated || st.truncated {
-            if recent.len() == 100 {
-                recent.pop_front();
-            }
-            recent.push_back(ep_ret);
-            episodes += 1;
+            recent.push(ep_ret);
             ep_ret = 0.0;
             obs = env.reset(None).0;
         }
@@ -144,22 +129,11 @@ pub fn train(cfg: &DqnConfig, mut progress: impl FnMut(u64, f64)) -> Result<(Sum
             target = q.clone();
         }
         if step % 1000 == 0 {
-            let m = mean_recent(&recent);
-            progress(step, m);
-            if cfg.stop_when_solved && recent.len() == 100 && m >= threshold {
+            progress(step, recent.mean());
+            if cfg.stop_when_solved && recent.solved(threshold) {
                 break;
             }
         }
     }
-    let mean_return = mean_recent(&recent);
-    Ok((
-        Summary {
-            solved: recent.len() == 100 && mean_return >= threshold,
-            env_steps: step,
-            mean_return,
-            wall_s: t0.elapsed().as_secs_f64(),
-            episodes,
-        },
-        q,
-    ))
+    Ok((recent.summary(threshold, step, t0), q))
 }

@@ -8,9 +8,7 @@ use crate::error::{Error, Result};
 use crate::nn::{clip_grad_norm, Adam, Mlp};
 use crate::rng::Rng;
 use crate::runner::{softmax, EnvRunner, Rollout, Sampler};
-use crate::spaces::Space;
 use flare_core::ActorHandle;
-use std::collections::VecDeque;
 use std::time::Instant;
 
 /// Hyperparameters; the defaults are CleanRL's for CartPole.
@@ -118,16 +116,7 @@ pub fn train_distributed(cfg: &PpoConfig, num_runners: usize, progress: impl FnM
 pub(crate) fn run(cfg: &PpoConfig, mut source: Source, mut progress: impl FnMut(u64, f64)) -> Result<(Summary, Mlp)> {
     let t0 = Instant::now();
     let probe = make(&cfg.env_id)?;
-    let n_actions = match probe.action_space() {
-        Space::Discrete { n, .. } => n as usize,
-        other => {
-            return Err(Error::InvalidAction {
-                env: cfg.env_id.clone(),
-                action: "PPO (discrete)".into(),
-                expected: format!("a Discrete action space, not {other:?}"),
-            })
-        }
-    };
+    let n_actions = super::discrete_actions(&*probe, "PPO")?;
     let obs_dim = probe.observation_space().dim();
     let threshold = probe.reward_threshold().unwrap_or(f64::INFINITY);
     let mut rng = Rng::new(cfg.seed);
@@ -136,8 +125,7 @@ pub(crate) fn run(cfg: &PpoConfig, mut source: Source, mut progress: impl FnMut(
     let mut critic = Mlp::new(&[obs_dim, cfg.hidden, cfg.hidden, 1], g, 1.0, &mut rng);
     let mut opt_a = Adam::new(actor.params.len(), cfg.learning_rate, 1e-5);
     let mut opt_c = Adam::new(critic.params.len(), cfg.learning_rate, 1e-5);
-    let mut recent: VecDeque<f64> = VecDeque::with_capacity(100);
-    let mut episodes = 0u64;
+    let mut recent = super::Recent::default();
     let per_source = match &source {
         Source::Local(_) => 1,
         Source::Runners(r) => r.len(),
@@ -145,7 +133,6 @@ pub(crate) fn run(cfg: &PpoConfig, mut source: Source, mut progress: impl FnMut(
     let batch_size = cfg.num_envs * cfg.num_steps * per_source;
     let updates = (cfg.total_env_steps as usize).div_ceil(batch_size);
     let mut env_steps = 0u64;
-    let mean_recent = |r: &VecDeque<f64>| if r.is_empty() { f64::NEG_INFINITY } else { r.iter().sum::<f64>() / r.len() as f64 };
 
     for update in 0..updates {
         if cfg.anneal_lr {
@@ -161,13 +148,7 @@ pub(crate) fn run(cfg: &PpoConfig, mut source: Source, mut progress: impl FnMut(
         let mut b_val = Vec::with_capacity(batch_size);
         let mut adv = Vec::with_capacity(batch_size);
         for r in rollouts {
-            for ret in &r.episode_returns {
-                if recent.len() == 100 {
-                    recent.pop_front();
-                }
-                recent.push_back(*ret);
-                episodes += 1;
-            }
+            r.episode_returns.iter().for_each(|ret| recent.push(*ret));
             env_steps += (r.num_envs * r.num_steps) as u64;
             let values: Vec<f32> = r.obs.iter().map(|o| critic.forward(o).0[0]).collect();
             let mut a = vec![0.0f32; values.len()];
@@ -251,19 +232,10 @@ pub(crate) fn run(cfg: &PpoConfig, mut source: Source, mut progress: impl FnMut(
                 opt_c.step(&mut critic.params, &gc);
             }
         }
-        let m = mean_recent(&recent);
-        progress(env_steps, m);
-        if cfg.stop_when_solved && recent.len() == 100 && m >= threshold {
+        progress(env_steps, recent.mean());
+        if cfg.stop_when_solved && recent.solved(threshold) {
             break;
         }
     }
-    let mean_return = mean_recent(&recent);
-    let summary = Summary {
-        solved: recent.len() == 100 && mean_return >= threshold,
-        env_steps,
-        mean_return,
-        wall_s: t0.elapsed().as_secs_f64(),
-        episodes,
-    };
-    Ok((summary, actor))
+    Ok((recent.summary(threshold, env_steps, t0), actor))
 }
