@@ -30,6 +30,12 @@ pub use flare_macros::{actor, main, remote};
 /// Reinforcement learning: gymnasium-exact environments, vector environments, trace replay.
 pub use flare_rl as rl;
 
+/// Collective communication: ring (TCP), shared memory and NCCL groups.
+pub use flare_collectives as collectives;
+
+/// GPU devices and discovery.
+pub use flare_gpu as gpu;
+
 /// What most programs need: `use flare::prelude::*`.
 pub mod prelude {
     pub use flare_core::{

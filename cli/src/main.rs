@@ -1,5 +1,6 @@
 //! The `flare` command line. Thin: parse arguments, call into the library.
 
+mod bench_collectives;
 mod microbenchmark;
 
 use clap::{Parser, Subcommand};
@@ -14,6 +15,36 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Benchmarks against their peers (collectives vs gloo; see benches/).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+    /// The GPUs this machine has, as Flare finds them (NVML or the CUDA driver, loaded at run time).
+    Gpus {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One rank of `flare bench collectives` (started by it).
+    #[command(name = "__collective-rank", hide = true)]
+    CollectiveRank {
+        #[arg(long)]
+        store: String,
+        #[arg(long)]
+        rank: usize,
+        #[arg(long)]
+        world_size: usize,
+        #[arg(long)]
+        backend: String,
+        #[arg(long)]
+        op: String,
+        #[arg(long)]
+        sizes: String,
+        #[arg(long)]
+        iters: usize,
+        #[arg(long)]
+        warmup: usize,
+    },
     /// Runs the cases of `ray microbenchmark` on an embedded local cluster.
     Microbenchmark {
         /// Only cases whose name contains this text.
@@ -33,6 +64,31 @@ enum Command {
     Rl {
         #[command(subcommand)]
         command: RlCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Collective bandwidth with N ranks as processes, printed as nccl-tests prints it.
+    Collectives {
+        #[arg(long, value_enum, default_value = "all-reduce")]
+        op: bench_collectives::Op,
+        /// ring, shm or nccl.
+        #[arg(long, default_value = "ring")]
+        backend: String,
+        #[arg(long, default_value_t = 2)]
+        world_size: usize,
+        /// Buffer sizes in bytes, comma-separated (K, M, G suffixes: powers of two).
+        #[arg(long, default_value = "1K,64K,1M,16M")]
+        sizes: String,
+        /// Timed operations per size (after `--warmup` untimed ones).
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        /// One JSON object per size.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -87,6 +143,51 @@ enum RlCommand {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench { command: BenchCommand::Collectives { op, backend, world_size, sizes, iters, warmup, json } } => {
+            let backend = backend.parse().map_err(anyhow::Error::msg)?;
+            let sizes = bench_collectives::parse_sizes(&sizes)?;
+            bench_collectives::run(bench_collectives::Args { op, backend, world_size, sizes, iters, warmup, json })?;
+        }
+        Command::CollectiveRank { store, rank, world_size, backend, op, sizes, iters, warmup } => {
+            bench_collectives::rank(bench_collectives::RankArgs {
+                store,
+                rank,
+                world_size,
+                backend: backend.parse().map_err(anyhow::Error::msg)?,
+                op,
+                sizes: bench_collectives::parse_sizes(&sizes)?,
+                iters,
+                warmup,
+            })?;
+        }
+        Command::Gpus { json } => {
+            let d = flare::gpu::discover();
+            if json {
+                println!("{}", serde_json::to_string_pretty(d)?);
+                return Ok(());
+            }
+            println!("source: {:?}, driver: {}", d.source, d.driver_version.as_deref().unwrap_or("-"));
+            if let Some(r) = &d.reason {
+                println!("note: {r}");
+            }
+            for g in &d.gpus {
+                let free = g.memory_free.map(|f| format!("{:.1} GiB free", f as f64 / (1u64 << 30) as f64)).unwrap_or_default();
+                println!(
+                    "GPU {}: {} ({}) sm_{}{} {:.1} GiB {free} [{}]",
+                    g.index,
+                    g.name,
+                    g.accelerator_type(),
+                    g.compute_capability.0,
+                    g.compute_capability.1,
+                    g.memory_total as f64 / (1u64 << 30) as f64,
+                    g.uuid
+                );
+            }
+            for l in &d.links {
+                println!("link {} <-> {}: {:?}", l.a, l.b, l.kind);
+            }
+            println!("NCCL: {}", if flare::gpu::nccl_present() { "found" } else { "not found (libnccl.so)" });
+        }
         Command::Microbenchmark { filter, trial_secs, json, num_cpus } => {
             if !(trial_secs.is_finite() && trial_secs > 0.0) {
                 anyhow::bail!("--trial-secs must be a positive number of seconds, got {trial_secs}");

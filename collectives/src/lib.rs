@@ -125,6 +125,9 @@ pub fn init(opts: GroupOptions, store: Arc<dyn Store>) -> Result<Box<dyn Communi
     Ok(match opts.backend {
         Backend::Ring => Box::new(RingComm::new(opts, store)?),
         Backend::Shm => Box::new(ShmComm::new(opts, store)?),
+        #[cfg(feature = "nccl")]
+        Backend::Nccl => Box::new(nccl::NcclComm::new(opts, store)?),
+        #[cfg(not(feature = "nccl"))]
         Backend::Nccl => {
             return Err(CollectiveError::Unsupported(
                 "this build has no NCCL backend: build with the `nccl` feature (on by default)".into(),

@@ -338,6 +338,9 @@ mod tests {
     #[test]
     fn discovery_never_panics_and_explains_zero_gpus() {
         let d = discover();
+        if std::env::var("FLARE_REQUIRE_GPU").is_ok() {
+            assert!(!d.gpus.is_empty(), "FLARE_REQUIRE_GPU is set but no GPU was found: {d:?}");
+        }
         if d.gpus.is_empty() {
             assert!(d.reason.as_deref().is_some_and(|r| !r.is_empty()), "zero GPUs needs a reason: {d:?}");
         } else {
