@@ -7,8 +7,9 @@
 #   3. cargo runs with CUDA_HOME pointing at that root.
 # The toolkit and the target dir live under ~/.cache/flare so nvcc runs once per machine.
 #
-# Usage: scripts/build-cuda.sh check            # cargo check --workspace --all-targets --features cuda,nccl
-#        scripts/build-cuda.sh build [ARGS...]  # cargo build --release --features cuda,nccl ARGS
+# Usage: scripts/build-cuda.sh check               # cargo check --workspace --all-targets --features cuda,nccl
+#        scripts/build-cuda.sh build [ARGS...]     # cargo build --release --features cuda,nccl ARGS
+#        scripts/build-cuda.sh test-bin [ARGS...]  # cargo test --features cuda,nccl --no-run ARGS
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-check}"
@@ -22,7 +23,7 @@ mkdir -p "$cache"
 if [ ! -x "$venv/bin/nvcc" ] && [ ! -e "$root/bin/nvcc" ]; then
     echo "build-cuda: installing the CUDA 13.0 toolkit wheels into $venv (about 1.2 GB, once)" >&2
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q "cuda-toolkit[nvcc,cudart,cublas,curand,nvrtc,cccl]==13.0.3.0" "nvidia-nccl-cu13"
+    "$venv/bin/pip" install -q "cuda-toolkit[nvcc,cudart,cublas,curand,nvrtc,cccl]==13.0.3.0"
 fi
 
 site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
@@ -44,11 +45,16 @@ if [ ! -e "$root/.done" ]; then
     f="$(ls "$cu"/lib/libcurand.so.10* | head -n1)"
     ln -s "$f" "$root/lib/libcurand.so"
     ln -sf "$f" "$root/lib/libcurand.so.10"
+    touch "$root/.done"
+fi
+
+# Linking (build, test-bin) also needs NCCL and a libcuda.so; `check` needs neither.
+if [ "$mode" != check ] && [ ! -e "$root/.link-done" ]; then
+    "$venv/bin/pip" install -q nvidia-nccl-cu13
     nccl="$(ls "$site"/nvidia/nccl/lib/libnccl.so.2* 2>/dev/null | head -n1 || true)"
-    if [ -n "$nccl" ]; then
-        ln -s "$nccl" "$root/lib/libnccl.so"
-        ln -sf "$nccl" "$root/lib/libnccl.so.2"
-    fi
+    [ -n "$nccl" ] || { echo "build-cuda: the nvidia-nccl-cu13 wheel has no libnccl.so.2" >&2; exit 1; }
+    ln -sf "$nccl" "$root/lib/libnccl.so"
+    ln -sf "$nccl" "$root/lib/libnccl.so.2"
     # libcuda.so for link time only (the driver provides the real one on a GPU machine).
     tmp="$(mktemp -d)"
     # libcuda1 is in Debian's non-free component: read it through a private apt list so the
@@ -63,11 +69,11 @@ if [ ! -e "$root/.done" ]; then
     dpkg-deb -x "$tmp"/libcuda1_*.deb "$tmp/x"
     so="$(find "$tmp/x" -name 'libcuda.so.1*' | head -n1)"
     cp "$so" "$root/lib/libcuda.so.1"
-    ln -s libcuda.so.1 "$root/lib/libcuda.so"
+    ln -sf libcuda.so.1 "$root/lib/libcuda.so"
     mkdir -p "$root/lib/stubs"
-    ln -s ../libcuda.so.1 "$root/lib/stubs/libcuda.so"
+    ln -sf ../libcuda.so.1 "$root/lib/stubs/libcuda.so"
     rm -rf "$tmp"
-    touch "$root/.done"
+    touch "$root/.link-done"
 fi
 
 export CUDA_HOME="$root" CUDA_PATH="$root" CUDA_ROOT="$root"
@@ -79,5 +85,7 @@ export CARGO_TARGET_DIR="${FLARE_CUDA_TARGET_DIR:-$cache/target}"
 case "$mode" in
     check) exec cargo check --workspace --all-targets --features cuda,nccl "$@" ;;
     build) exec cargo build --release --features cuda,nccl "$@" ;;
-    *) echo "usage: scripts/build-cuda.sh check|build [cargo args]" >&2; exit 2 ;;
+    # Test binaries (debug profile: it shares the compiled kernels with `check`).
+    test-bin) exec cargo test --features cuda,nccl --no-run "$@" ;;
+    *) echo "usage: scripts/build-cuda.sh check|build|test-bin [cargo args]" >&2; exit 2 ;;
 esac

@@ -186,6 +186,12 @@ fn main() -> anyhow::Result<()> {
             for l in &d.links {
                 println!("link {} <-> {}: {:?}", l.a, l.b, l.kind);
             }
+            if let Ok(procs) = flare::gpu::process_memory() {
+                for p in procs {
+                    let used = p.used_bytes.map(|b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64));
+                    println!("process {} on GPU {}: {}", p.pid, p.gpu, used.as_deref().unwrap_or("memory not reported"));
+                }
+            }
             println!("NCCL: {}", if flare::gpu::nccl_present() { "found" } else { "not found (libnccl.so)" });
         }
         Command::Microbenchmark { filter, trial_secs, json, num_cpus } => {

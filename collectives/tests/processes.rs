@@ -91,8 +91,8 @@ fn ranks_as_processes() {
         return;
     }
     for backend in [Backend::Ring, Backend::Shm] {
-        for n in [2, 3, 4] {
-            run_group("ops", backend, n, 30_000);
+        for n in 1..=8 {
+            run_group("ops", backend, n, 60_000);
         }
     }
 }

@@ -8,8 +8,10 @@ use std::time::Duration;
 pub struct Config {
     /// CPUs the node offers. Default: the machine's logical CPUs (`FLARE_NUM_CPUS` overrides).
     pub num_cpus: Option<f64>,
-    /// Logical GPUs the node declares, ids `0..n`. Default 0 (`FLARE_NUM_GPUS` overrides).
-    /// Declared GPUs are how CPU-only machines exercise GPU scheduling.
+    /// GPUs the node offers, ids `0..n`. Default: the GPUs discovery finds (NVML or the CUDA
+    /// driver, loaded at run time; 0 on machines without them); `FLARE_NUM_GPUS` overrides.
+    /// Declared GPUs are how CPU-only machines exercise GPU scheduling. A node with GPUs also
+    /// gets the `accelerator_type` label and an `accelerator_type:<type>` resource, as in Ray.
     pub num_gpus: Option<f64>,
     /// Memory the node offers for scheduling, in bytes. Default: the machine's RAM.
     pub memory: Option<u64>,

@@ -67,9 +67,12 @@ impl NodeConfig {
             None => crate::config::env_f64("FLARE_NUM_CPUS")?
                 .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64),
         };
+        // GPUs: what the config or FLARE_NUM_GPUS declares, else what discovery finds (NVML or
+        // the CUDA driver, loaded at run time; none on machines without them).
+        let found = flare_gpu::discover();
         let num_gpus = match cfg.num_gpus {
             Some(n) => n,
-            None => crate::config::env_f64("FLARE_NUM_GPUS")?.unwrap_or(0.0),
+            None => crate::config::env_f64("FLARE_NUM_GPUS")?.unwrap_or(found.gpus.len() as f64),
         };
         if num_gpus.fract() != 0.0 {
             return Err(format!("a node declares whole GPUs only, got num_gpus = {num_gpus}"));
@@ -79,6 +82,14 @@ impl NodeConfig {
         total.set(CPU, num_cpus)?;
         total.set(GPU, num_gpus)?;
         total.set(MEMORY, cfg.memory.unwrap_or(ram) as f64)?;
+        let mut labels = cfg.labels.clone();
+        // Ray's convention: a node with GPUs carries `accelerator_type:<type>` = 1 and the label.
+        if let (true, Some(kind)) = (num_gpus > 0.0, found.accelerator_type()) {
+            if !labels.iter().any(|(k, _)| k == "accelerator_type") {
+                labels.push(("accelerator_type".into(), kind.clone()));
+            }
+            total.set(&format!("accelerator_type:{kind}"), 1.0)?;
+        }
         for (k, v) in &cfg.resources {
             total.set(k, *v)?;
         }
@@ -91,7 +102,7 @@ impl NodeConfig {
             idle_timeout: cfg.idle_worker_timeout,
             infeasible_grace: cfg.infeasible_grace,
             log_to_driver: cfg.log_to_driver,
-            labels: cfg.labels.clone(),
+            labels,
             spill_dir: session.spill.clone(),
             session_dir: session.dir.clone(),
             shm_dir: session.shm_dir.clone(),

@@ -254,7 +254,13 @@ fn spawn_process(node: &Arc<Node>, req: SpawnRequest) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if !req.gpu_key.is_empty() {
-        let ids: Vec<String> = req.gpu_key.iter().map(|i| i.to_string()).collect();
+        // GPU ids are the node's own ordinals: where the node itself was limited to some GPUs,
+        // id i is the i-th of its CUDA_VISIBLE_DEVICES entries (as in Ray).
+        let outer: Vec<String> = std::env::var("CUDA_VISIBLE_DEVICES")
+            .map(|v| v.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect())
+            .unwrap_or_default();
+        let ids: Vec<String> =
+            req.gpu_key.iter().map(|i| outer.get(*i as usize).cloned().unwrap_or_else(|| i.to_string())).collect();
         cmd.env("CUDA_VISIBLE_DEVICES", ids.join(","));
     }
     let mut child = match cmd.spawn() {
