@@ -1,6 +1,7 @@
 //! The `flare` command line. Thin: parse arguments, call into the library.
 
 mod bench_collectives;
+mod cluster;
 mod microbenchmark;
 
 use clap::{Parser, Subcommand};
@@ -15,6 +16,93 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Starts a head (`--head`): the Jobs API on 127.0.0.1:8265 behind a cluster token.
+    Start {
+        #[arg(long)]
+        head: bool,
+        /// A head to join as a worker node (not implemented yet).
+        #[arg(long)]
+        address: Option<String>,
+        /// The address servers bind (default 127.0.0.1: only this machine can reach them).
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// The head's gRPC port for node agents (reserved; node agents are not implemented yet).
+        #[arg(long, default_value_t = 6379)]
+        port: u16,
+        /// Port of the Jobs API and dashboard (0 picks a free port).
+        #[arg(long, default_value_t = 8265)]
+        dashboard_port: u16,
+        #[arg(long)]
+        num_cpus: Option<f64>,
+        #[arg(long)]
+        num_gpus: Option<f64>,
+        /// Custom resources as JSON, e.g. '{"TPU": 4}'.
+        #[arg(long)]
+        resources: Option<String>,
+        /// Node labels, k=v,k2=v2.
+        #[arg(long)]
+        labels: Option<String>,
+        /// Where the session directory goes (default ~/.flare; the session is DIR/session_latest).
+        #[arg(long)]
+        temp_dir: Option<std::path::PathBuf>,
+    },
+    /// Stops what `flare start` started in the session directory.
+    Stop {
+        #[arg(long)]
+        temp_dir: Option<std::path::PathBuf>,
+    },
+    /// Prints the cluster token.
+    Token {
+        #[arg(long)]
+        temp_dir: Option<std::path::PathBuf>,
+    },
+    /// Nodes, resources and jobs of a running cluster.
+    Status {
+        #[arg(long)]
+        address: Option<String>,
+        #[arg(long)]
+        temp_dir: Option<std::path::PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tables of nodes, jobs (and, with node agents, actors, tasks, placement groups).
+    List {
+        kind: String,
+        #[arg(long)]
+        address: Option<String>,
+        #[arg(long)]
+        temp_dir: Option<std::path::PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Jobs through the head's Ray-compatible Jobs API.
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+        /// The head, http://HOST:PORT (default: FLARE_ADDRESS, else the session's head).
+        #[arg(long, global = true)]
+        address: Option<String>,
+        #[arg(long, global = true)]
+        temp_dir: Option<std::path::PathBuf>,
+    },
+    /// The head process (started by `flare start --head`).
+    #[command(name = "__head", hide = true)]
+    Head {
+        #[arg(long)]
+        session_dir: std::path::PathBuf,
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        dashboard_port: u16,
+        #[arg(long)]
+        num_cpus: f64,
+        #[arg(long)]
+        num_gpus: f64,
+        #[arg(long)]
+        resources: String,
+        #[arg(long, default_value = "")]
+        labels: String,
+    },
     /// Benchmarks against their peers (collectives vs gloo; see benches/).
     Bench {
         #[command(subcommand)]
@@ -64,6 +152,48 @@ enum Command {
     Rl {
         #[command(subcommand)]
         command: RlCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// Submits a job: `flare job submit [--working-dir DIR] [--no-wait] -- CMD ARGS...`.
+    Submit {
+        #[arg(long)]
+        working_dir: Option<std::path::PathBuf>,
+        #[arg(long)]
+        no_wait: bool,
+        #[arg(long)]
+        submission_id: Option<String>,
+        #[arg(long)]
+        entrypoint_num_cpus: Option<f64>,
+        #[arg(long)]
+        entrypoint_num_gpus: Option<f64>,
+        /// Environment variables for the entrypoint, KEY=VALUE (repeatable).
+        #[arg(long)]
+        env: Vec<String>,
+        #[arg(last = true, required = true)]
+        entrypoint: Vec<String>,
+    },
+    Status {
+        id: String,
+    },
+    Logs {
+        id: String,
+        #[arg(long, short)]
+        follow: bool,
+    },
+    Stop {
+        id: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    Delete {
+        id: String,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -143,6 +273,60 @@ enum RlCommand {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Start { head, address, host, port: _, dashboard_port, num_cpus, num_gpus, resources, labels, temp_dir } => {
+            cluster::start(cluster::StartArgs {
+                head,
+                address,
+                host,
+                dashboard_port,
+                num_cpus,
+                num_gpus,
+                resources,
+                labels,
+                temp_dir,
+            })?;
+        }
+        Command::Head { session_dir, host, dashboard_port, num_cpus, num_gpus, resources, labels } => {
+            cluster::head(cluster::HeadArgs { session_dir, host, dashboard_port, num_cpus, num_gpus, resources, labels })?;
+        }
+        Command::Stop { temp_dir } => cluster::stop(temp_dir.as_deref())?,
+        Command::Token { temp_dir } => cluster::token(temp_dir.as_deref())?,
+        Command::Status { address, temp_dir, json } => {
+            cluster::status(&cluster::client(address.as_deref(), temp_dir.as_deref())?, json)?
+        }
+        Command::List { kind, address, temp_dir, json } => {
+            cluster::list(&cluster::client(address.as_deref(), temp_dir.as_deref())?, &kind, json)?
+        }
+        Command::Job { command, address, temp_dir } => {
+            let c = cluster::client(address.as_deref(), temp_dir.as_deref())?;
+            match command {
+                JobCommand::Submit {
+                    working_dir,
+                    no_wait,
+                    submission_id,
+                    entrypoint_num_cpus,
+                    entrypoint_num_gpus,
+                    env,
+                    entrypoint,
+                } => cluster::submit(
+                    &c,
+                    cluster::SubmitArgs {
+                        working_dir,
+                        no_wait,
+                        submission_id,
+                        num_cpus: entrypoint_num_cpus,
+                        num_gpus: entrypoint_num_gpus,
+                        env,
+                        entrypoint,
+                    },
+                )?,
+                JobCommand::Status { id } => cluster::status_of(&c, &id)?,
+                JobCommand::Logs { id, follow } => cluster::logs(&c, &id, follow)?,
+                JobCommand::Stop { id, no_wait } => cluster::stop_job(&c, &id, !no_wait)?,
+                JobCommand::Delete { id } => cluster::delete_job(&c, &id)?,
+                JobCommand::List { json } => cluster::list_jobs(&c, json)?,
+            }
+        }
         Command::Bench { command: BenchCommand::Collectives { op, backend, world_size, sizes, iters, warmup, json } } => {
             let backend = backend.parse().map_err(anyhow::Error::msg)?;
             let sizes = bench_collectives::parse_sizes(&sizes)?;

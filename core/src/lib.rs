@@ -8,6 +8,7 @@ mod buffer;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod head;
 pub mod ids;
 mod local;
 pub(crate) mod node;

@@ -1,0 +1,460 @@
+//! `flare start|stop|token|status|list|job`: the head and the Ray-compatible Jobs API.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use flare::head::client::HeadClient;
+use flare::head::{HeadInfo, HeadOptions};
+
+/// `<temp-dir or ~/.flare>/session_latest`.
+pub fn session_dir(temp_dir: Option<&Path>) -> PathBuf {
+    let base = match temp_dir {
+        Some(d) => d.to_path_buf(),
+        None => std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp")).join(".flare"),
+    };
+    base.join("session_latest")
+}
+
+fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+pub struct StartArgs {
+    pub head: bool,
+    pub address: Option<String>,
+    pub host: String,
+    pub dashboard_port: u16,
+    pub num_cpus: Option<f64>,
+    pub num_gpus: Option<f64>,
+    pub resources: Option<String>,
+    pub labels: Option<String>,
+    pub temp_dir: Option<PathBuf>,
+}
+
+fn parse_labels(s: &Option<String>) -> anyhow::Result<Vec<(String, String)>> {
+    let Some(s) = s else { return Ok(Vec::new()) };
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .with_context(|| format!("label `{p}` is not key=value"))
+        })
+        .collect()
+}
+
+fn parse_resources(s: &Option<String>) -> anyhow::Result<Vec<(String, f64)>> {
+    let Some(s) = s else { return Ok(Vec::new()) };
+    let m: std::collections::BTreeMap<String, f64> = serde_json::from_str(s)
+        .with_context(|| format!("--resources `{s}` is not a JSON object of numbers, e.g. '{{\"TPU\": 4}}'"))?;
+    Ok(m.into_iter().collect())
+}
+
+/// Starts a head in the background and returns once it serves.
+pub fn start(a: StartArgs) -> anyhow::Result<()> {
+    if !a.head {
+        if let Some(addr) = a.address {
+            bail!(
+                "joining worker nodes to a head (`flare start --address {addr}`) is not implemented yet: \
+                 this version runs the head with its Jobs API; node agents over gRPC are the next step of issue #3"
+            );
+        }
+        bail!("say `flare start --head` to start a head");
+    }
+    let dir = session_dir(a.temp_dir.as_deref());
+    std::fs::create_dir_all(dir.join("logs")).with_context(|| format!("creating {}", dir.display()))?;
+    if let Ok(info) = HeadInfo::read(&dir) {
+        if alive(info.pid) {
+            bail!(
+                "a head is already running in {} (pid {}, {}); `flare stop` it first",
+                dir.display(),
+                info.pid,
+                info.dashboard_url
+            );
+        }
+        let _ = std::fs::remove_file(dir.join("head.json"));
+    }
+    let num_cpus = a.num_cpus.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64);
+    let num_gpus = a.num_gpus.unwrap_or_else(|| flare::gpu::discover().gpus.len() as f64);
+    let mut labels = parse_labels(&a.labels)?;
+    if let (true, Some(kind)) = (num_gpus > 0.0, flare::gpu::discover().accelerator_type()) {
+        if !labels.iter().any(|(k, _)| k == "accelerator_type") {
+            labels.push(("accelerator_type".into(), kind));
+        }
+    }
+    let resources = parse_resources(&a.resources)?;
+    let out = std::fs::File::create(dir.join("logs/head.out"))?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("__head")
+        .arg("--session-dir")
+        .arg(&dir)
+        .args(["--host", &a.host, "--dashboard-port", &a.dashboard_port.to_string()])
+        .args(["--num-cpus", &num_cpus.to_string(), "--num-gpus", &num_gpus.to_string()])
+        .args(["--resources", &serde_json::to_string(&resources.iter().cloned().collect::<std::collections::BTreeMap<_, _>>())?])
+        .args(["--labels", &labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")])
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    let mut child = cmd.spawn().context("starting the head process")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(dir.join("logs/head.out")).unwrap_or_default();
+            bail!("the head exited at start ({status}):\n{log}");
+        }
+        if let Ok(info) = HeadInfo::read(&dir) {
+            if info.pid == child.id() {
+                let token = flare::head::read_token(&dir).map_err(anyhow::Error::msg)?;
+                let c = HeadClient::new(&info.dashboard_url, Some(token)).map_err(anyhow::Error::msg)?;
+                if c.get("/api/version").map(|r| r.status == 200).unwrap_or(false) {
+                    println!("Flare head started (pid {}).", info.pid);
+                    println!("  Jobs API and dashboard: {}", info.dashboard_url);
+                    println!("  Session: {}", dir.display());
+                    println!("  Token:   flare token{}", temp_dir_flag(&a.temp_dir));
+                    println!("Submit a job:");
+                    println!("  flare job submit{} -- echo hello", temp_dir_flag(&a.temp_dir));
+                    println!(
+                        "  RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(flare token{}) ray job submit --address {} -- echo hello",
+                        temp_dir_flag(&a.temp_dir),
+                        info.dashboard_url
+                    );
+                    println!("Stop it: flare stop{}", temp_dir_flag(&a.temp_dir));
+                    return Ok(());
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            // SAFETY: our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            bail!("the head did not come up within 30 s; see {}", dir.join("logs/head.out").display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn temp_dir_flag(t: &Option<PathBuf>) -> String {
+    t.as_ref().map(|d| format!(" --temp-dir {}", d.display())).unwrap_or_default()
+}
+
+pub struct HeadArgs {
+    pub session_dir: PathBuf,
+    pub host: String,
+    pub dashboard_port: u16,
+    pub num_cpus: f64,
+    pub num_gpus: f64,
+    pub resources: String,
+    pub labels: String,
+}
+
+/// The head process itself (`flare __head`, started by `flare start --head`).
+pub fn head(a: HeadArgs) -> anyhow::Result<()> {
+    let resources = parse_resources(&Some(a.resources))?;
+    let labels = parse_labels(&Some(a.labels))?;
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(8 << 30);
+    let opts = HeadOptions {
+        session_dir: a.session_dir,
+        host: a.host,
+        dashboard_port: a.dashboard_port,
+        num_cpus: a.num_cpus,
+        num_gpus: a.num_gpus,
+        memory,
+        resources,
+        labels,
+    };
+    flare::head::run(opts).map_err(anyhow::Error::msg)
+}
+
+/// Stops the head started in a session directory: SIGTERM, then SIGKILL after 10 s.
+pub fn stop(temp_dir: Option<&Path>) -> anyhow::Result<()> {
+    let dir = session_dir(temp_dir);
+    let Ok(info) = HeadInfo::read(&dir) else {
+        println!("No head is running in {}.", dir.display());
+        return Ok(());
+    };
+    if !alive(info.pid) {
+        let _ = std::fs::remove_file(dir.join("head.json"));
+        println!("The head (pid {}) had already exited.", info.pid);
+        return Ok(());
+    }
+    // SAFETY: the pid is the head's, from its own head.json.
+    unsafe { libc::kill(info.pid as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(info.pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        reap(info.pid);
+    }
+    if alive(info.pid) {
+        // SAFETY: as above.
+        unsafe { libc::kill(info.pid as i32, libc::SIGKILL) };
+    }
+    let _ = std::fs::remove_file(dir.join("head.json"));
+    println!("Stopped the head (pid {}).", info.pid);
+    Ok(())
+}
+
+fn reap(pid: u32) {
+    // SAFETY: reaps the head if it is our child (tests start it from this process); harmless otherwise.
+    unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG) };
+}
+
+pub fn token(temp_dir: Option<&Path>) -> anyhow::Result<()> {
+    println!("{}", flare::head::read_token(&session_dir(temp_dir)).map_err(anyhow::Error::msg)?);
+    Ok(())
+}
+
+/// The client for `--address` (else `FLARE_ADDRESS`, else the session's head) with the token
+/// from `FLARE_TOKEN` (else `RAY_AUTH_TOKEN`, else the session's token file).
+pub fn client(address: Option<&str>, temp_dir: Option<&Path>) -> anyhow::Result<HeadClient> {
+    let dir = session_dir(temp_dir);
+    let address = match address.map(str::to_string).or_else(|| std::env::var("FLARE_ADDRESS").ok()) {
+        Some(a) => a,
+        None => HeadInfo::read(&dir).map_err(anyhow::Error::msg)?.dashboard_url,
+    };
+    let token = std::env::var("FLARE_TOKEN")
+        .ok()
+        .or_else(|| std::env::var("RAY_AUTH_TOKEN").ok())
+        .or_else(|| flare::head::read_token(&dir).ok());
+    HeadClient::new(&address, token).map_err(anyhow::Error::msg)
+}
+
+pub struct SubmitArgs {
+    pub working_dir: Option<PathBuf>,
+    pub no_wait: bool,
+    pub submission_id: Option<String>,
+    pub num_cpus: Option<f64>,
+    pub num_gpus: Option<f64>,
+    pub env: Vec<String>,
+    pub entrypoint: Vec<String>,
+}
+
+pub fn submit(c: &HeadClient, a: SubmitArgs) -> anyhow::Result<()> {
+    if a.entrypoint.is_empty() {
+        bail!("give the entrypoint after `--`, e.g. `flare job submit -- python train.py`");
+    }
+    let mut runtime_env = serde_json::Map::new();
+    if let Some(dir) = &a.working_dir {
+        let (name, bytes) = flare::head::package::zip_dir(dir, flare::head::MAX_PACKAGE).map_err(anyhow::Error::msg)?;
+        let path = format!("/api/packages/gcs/{name}");
+        if c.get(&path).map_err(anyhow::Error::msg)?.status != 200 {
+            let r = c.request("PUT", &path, Some(("application/zip", &bytes))).map_err(anyhow::Error::msg)?;
+            if r.status != 200 {
+                bail!("uploading the working dir failed ({}): {}", r.status, r.text());
+            }
+        }
+        runtime_env.insert("working_dir".into(), format!("gcs://{name}").into());
+    }
+    if !a.env.is_empty() {
+        let mut vars = serde_json::Map::new();
+        for kv in &a.env {
+            let (k, v) = kv.split_once('=').with_context(|| format!("--env `{kv}` is not KEY=VALUE"))?;
+            vars.insert(k.into(), v.into());
+        }
+        runtime_env.insert("env_vars".into(), vars.into());
+    }
+    let mut req = serde_json::json!({ "entrypoint": a.entrypoint.join(" "), "runtime_env": runtime_env });
+    if let Some(id) = &a.submission_id {
+        req["submission_id"] = id.clone().into();
+    }
+    if let Some(n) = a.num_cpus {
+        req["entrypoint_num_cpus"] = n.into();
+    }
+    if let Some(n) = a.num_gpus {
+        req["entrypoint_num_gpus"] = n.into();
+    }
+    let r = c.post_json("/api/jobs/", &req).map_err(anyhow::Error::msg)?.ok_json().map_err(anyhow::Error::msg)?;
+    let id = r["submission_id"].as_str().unwrap_or_default().to_string();
+    println!("Job '{id}' submitted successfully");
+    if a.no_wait {
+        println!("Query its status with `flare job status {id}`, its logs with `flare job logs {id}`.");
+        return Ok(());
+    }
+    let status = follow_logs(c, &id)?;
+    finish_status(&id, &status)
+}
+
+fn finish_status(id: &str, status: &str) -> anyhow::Result<()> {
+    match status {
+        "SUCCEEDED" => {
+            println!("Job '{id}' succeeded");
+            Ok(())
+        }
+        other => bail!("Job '{id}' ended {other}"),
+    }
+}
+
+/// Prints the job's log as it grows until the job ends; returns its final status.
+pub fn follow_logs(c: &HeadClient, id: &str) -> anyhow::Result<String> {
+    use std::io::Write;
+    let mut printed = 0usize;
+    loop {
+        let info = c.get(&format!("/api/jobs/{id}")).map_err(anyhow::Error::msg)?.ok_json().map_err(anyhow::Error::msg)?;
+        let status = info["status"].as_str().unwrap_or("").to_string();
+        let logs = c.get(&format!("/api/jobs/{id}/logs")).map_err(anyhow::Error::msg)?.ok_json().map_err(anyhow::Error::msg)?;
+        let text = logs["logs"].as_str().unwrap_or("");
+        if text.len() > printed {
+            print!("{}", &text[printed..]);
+            std::io::stdout().flush().ok();
+            printed = text.len();
+        }
+        if matches!(status.as_str(), "SUCCEEDED" | "FAILED" | "STOPPED") {
+            return Ok(status);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+pub fn status_of(c: &HeadClient, id: &str) -> anyhow::Result<()> {
+    let j = c.get(&format!("/api/jobs/{id}")).map_err(anyhow::Error::msg)?.ok_json().map_err(anyhow::Error::msg)?;
+    println!("Status for job '{id}': {}", j["status"].as_str().unwrap_or("?"));
+    if let Some(m) = j["message"].as_str() {
+        println!("Status message: {m}");
+    }
+    Ok(())
+}
+
+pub fn logs(c: &HeadClient, id: &str, follow: bool) -> anyhow::Result<()> {
+    if follow {
+        follow_logs(c, id)?;
+        return Ok(());
+    }
+    let l = c.get(&format!("/api/jobs/{id}/logs")).map_err(anyhow::Error::msg)?.ok_json().map_err(anyhow::Error::msg)?;
+    print!("{}", l["logs"].as_str().unwrap_or(""));
+    Ok(())
+}
+
+pub fn stop_job(c: &HeadClient, id: &str, wait: bool) -> anyhow::Result<()> {
+    let r = c
+        .request("POST", &format!("/api/jobs/{id}/stop"), None)
+        .map_err(anyhow::Error::msg)?
+        .ok_json()
+        .map_err(anyhow::Error::msg)?;
+    if r["stopped"].as_bool() != Some(true) {
+        println!("Job '{id}' had already ended.");
+        return Ok(());
+    }
+    println!("Stopping job '{id}'");
+    if wait {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let j = c.get(&format!("/api/jobs/{id}")).map_err(anyhow::Error::msg)?.ok_json().map_err(anyhow::Error::msg)?;
+            let s = j["status"].as_str().unwrap_or("");
+            if matches!(s, "SUCCEEDED" | "FAILED" | "STOPPED") {
+                println!("Job '{id}' {s}");
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("job '{id}' did not stop within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
+
+pub fn delete_job(c: &HeadClient, id: &str) -> anyhow::Result<()> {
+    c.request("DELETE", &format!("/api/jobs/{id}"), None).map_err(anyhow::Error::msg)?.ok_json().map_err(anyhow::Error::msg)?;
+    println!("Job '{id}' deleted");
+    Ok(())
+}
+
+fn fmt_ms(ms: &serde_json::Value) -> String {
+    ms.as_u64().map(|m| format!("{:.1}", m as f64 / 1000.0)).unwrap_or_else(|| "-".into())
+}
+
+pub fn list_jobs(c: &HeadClient, json: bool) -> anyhow::Result<()> {
+    let v = c.get("/api/jobs/").map_err(anyhow::Error::msg)?.ok_json().map_err(anyhow::Error::msg)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("{:<34} {:<10} {:>14} {:>14}  ENTRYPOINT", "SUBMISSION_ID", "STATUS", "START_S", "END_S");
+    for j in v.as_array().into_iter().flatten() {
+        println!(
+            "{:<34} {:<10} {:>14} {:>14}  {}",
+            j["submission_id"].as_str().unwrap_or(""),
+            j["status"].as_str().unwrap_or(""),
+            fmt_ms(&j["start_time"]),
+            fmt_ms(&j["end_time"]),
+            j["entrypoint"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+pub fn status(c: &HeadClient, json: bool) -> anyhow::Result<()> {
+    let v = c.get("/api/cluster_status").map_err(anyhow::Error::msg)?.ok_json().map_err(anyhow::Error::msg)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("======== Cluster status ========");
+    println!("Node status\n-----------");
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        println!(
+            " 1 {} ({})",
+            n["node_id"].as_str().unwrap_or(""),
+            if n["alive"].as_bool() == Some(true) { "alive" } else { "dead" }
+        );
+    }
+    println!("\nResources (used by job entrypoints / total)\n-------------------------------------------");
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        if let Some(total) = n["resources_total"].as_object() {
+            let mut keys: Vec<_> = total.keys().collect();
+            keys.sort();
+            for k in keys {
+                let t = total[k].as_f64().unwrap_or(0.0);
+                let u = n["resources_used_by_jobs"][k].as_f64().unwrap_or(0.0);
+                if k == "memory" {
+                    println!(" {:.1}/{:.1} GiB {k}", u / (1u64 << 30) as f64, t / (1u64 << 30) as f64);
+                } else {
+                    println!(" {u}/{t} {k}");
+                }
+            }
+        }
+    }
+    println!("\nJobs\n----");
+    if let Some(m) = v["jobs"].as_object() {
+        for (k, n) in m {
+            println!(" {n} {k}");
+        }
+    }
+    Ok(())
+}
+
+pub fn list(c: &HeadClient, kind: &str, json: bool) -> anyhow::Result<()> {
+    match kind {
+        "jobs" => list_jobs(c, json),
+        "nodes" => {
+            let v = c.get("/api/cluster_status").map_err(anyhow::Error::msg)?.ok_json().map_err(anyhow::Error::msg)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v["nodes"])?);
+            } else {
+                println!("{:<10} {:<6} {:<16} RESOURCES", "NODE_ID", "ALIVE", "ADDRESS");
+                for n in v["nodes"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<10} {:<6} {:<16} {}",
+                        n["node_id"].as_str().unwrap_or(""),
+                        n["alive"],
+                        n["address"].as_str().unwrap_or(""),
+                        n["resources_total"]
+                    );
+                }
+            }
+            Ok(())
+        }
+        "actors" | "tasks" | "placement-groups" => {
+            bail!("`flare list {kind}` needs node agents joined to the head, which this version does not have yet (issue #3)")
+        }
+        other => bail!("`{other}` is not a list: use nodes, actors, tasks, jobs or placement-groups"),
+    }
+}

@@ -1,0 +1,150 @@
+//! The head: the cluster's control store and its HTTP API.
+//!
+//! Today the head serves Ray's Jobs REST API (so `ray job submit` and `JobSubmissionClient`
+//! work against it unchanged), a key-value store, cluster status and Prometheus metrics, all
+//! behind the cluster token, and keeps its state in an embedded database (redb) in the session
+//! directory, so a head restarted on the same directory lists the same jobs and keys.
+//! Node agents joining over gRPC are not here yet (see ARCHITECTURE.md, "Not yet").
+//!
+//! Session directory layout: `token` (0600), `head.json` (pid and addresses, written once the
+//! head serves), `head.redb`, `packages/<protocol>/<name>` (uploaded working dirs),
+//! `jobs/<id>/` (unpacked working dirs), `logs/job-driver-<id>.log`, `logs/head.out`.
+
+pub mod client;
+mod db;
+mod http;
+mod jobs;
+pub mod package;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use http::{MAX_PACKAGE, RAY_VERSION};
+pub use jobs::{JobInfo, JobStatus};
+
+/// How to run a head.
+#[derive(Debug, Clone)]
+pub struct HeadOptions {
+    pub session_dir: PathBuf,
+    /// Address the HTTP API binds (default 127.0.0.1).
+    pub host: String,
+    /// Port of the HTTP API (Ray's dashboard port, default 8265; 0 picks a free one).
+    pub dashboard_port: u16,
+    /// Resources of the head's machine that jobs' entrypoints reserve.
+    pub num_cpus: f64,
+    pub num_gpus: f64,
+    pub memory: u64,
+    pub resources: Vec<(String, f64)>,
+    pub labels: Vec<(String, String)>,
+}
+
+/// What `head.json` holds: how clients find a running head.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HeadInfo {
+    pub pid: u32,
+    /// `http://host:port` of the HTTP API.
+    pub dashboard_url: String,
+    pub session_dir: PathBuf,
+    pub started_at_ms: u64,
+}
+
+impl HeadInfo {
+    /// Reads `head.json` of a session directory.
+    pub fn read(session_dir: &Path) -> Result<HeadInfo, String> {
+        let p = session_dir.join("head.json");
+        let text = std::fs::read_to_string(&p)
+            .map_err(|e| format!("no head in {} ({e}); start one with `flare start --head`", session_dir.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{} is not a head file: {e}", p.display()))
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The cluster token of a session directory: read if it exists, else made from 32 random
+/// bytes and written readable by its owner only.
+pub fn ensure_token(session_dir: &Path) -> Result<String, String> {
+    let p = session_dir.join("token");
+    if let Ok(t) = std::fs::read_to_string(&p) {
+        let t = t.trim().to_string();
+        if t.len() >= 32 {
+            return Ok(t);
+        }
+    }
+    let mut b = [0u8; 32];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| format!("reading /dev/urandom: {e}"))?;
+    let token: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&p)
+        .map_err(|e| format!("writing {}: {e}", p.display()))?;
+    use std::io::Write;
+    f.write_all(token.as_bytes()).map_err(|e| format!("writing {}: {e}", p.display()))?;
+    Ok(token)
+}
+
+/// Reads the token of a session directory.
+pub fn read_token(session_dir: &Path) -> Result<String, String> {
+    std::fs::read_to_string(session_dir.join("token"))
+        .map(|t| t.trim().to_string())
+        .map_err(|e| format!("no token in {} ({e}); is a head running there?", session_dir.display()))
+}
+
+pub(crate) struct Shared {
+    pub opts: HeadOptions,
+    pub token: String,
+    pub db: Arc<db::Db>,
+    pub jobs: jobs::Jobs,
+    pub started_at_ms: u64,
+}
+
+/// Runs a head until SIGTERM or SIGINT. Returns an error if it cannot start.
+pub fn run(opts: HeadOptions) -> Result<(), String> {
+    std::fs::create_dir_all(opts.session_dir.join("logs")).map_err(|e| format!("{}: {e}", opts.session_dir.display()))?;
+    std::fs::create_dir_all(opts.session_dir.join("packages")).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(opts.session_dir.join("jobs")).map_err(|e| e.to_string())?;
+    let token = ensure_token(&opts.session_dir)?;
+    let db = Arc::new(db::Db::open(&opts.session_dir.join("head.redb"))?);
+    let jobs = jobs::Jobs::recover(db.clone(), &opts)?;
+    let shared = Arc::new(Shared { opts: opts.clone(), token, db, jobs, started_at_ms: now_ms() });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("flare-head")
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((opts.host.as_str(), opts.dashboard_port))
+            .await
+            .map_err(|e| format!("cannot listen on {}:{}: {e}", opts.host, opts.dashboard_port))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let info = HeadInfo {
+            pid: std::process::id(),
+            dashboard_url: format!("http://{addr}"),
+            session_dir: opts.session_dir.clone(),
+            started_at_ms: shared.started_at_ms,
+        };
+        let tmp = opts.session_dir.join("head.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&info).unwrap()).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, opts.session_dir.join("head.json")).map_err(|e| e.to_string())?;
+        tracing::info!(url = %info.dashboard_url, "head serving");
+        let app = http::router(shared.clone());
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).expect("SIGINT handler");
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        };
+        axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(|e| e.to_string())?;
+        shared.jobs.stop_all();
+        let _ = std::fs::remove_file(opts.session_dir.join("head.json"));
+        Ok::<(), String>(())
+    })
+}
