@@ -331,3 +331,37 @@ fn ray_job_submit_works_against_a_flare_head() {
     let _ = std::fs::remove_dir_all(&head.temp);
     drop(head);
 }
+
+/// Collective groups can meet through the head's KV store (with the token) instead of a
+/// TCP store of their own.
+#[test]
+fn collectives_rendezvous_through_the_head_kv() {
+    use flare::collectives::{init, CommunicatorExt, GroupOptions, ReduceOp, Store};
+    let head = Head::fresh("kv");
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(flare::head::HeadStore::new(&head.url, &head.token).unwrap());
+    assert_eq!(store.add("counter", 2).unwrap(), 2);
+    assert_eq!(store.add("counter", 5).unwrap(), 7);
+    store.set("a/x y", b"1").unwrap();
+    assert_eq!(store.try_get("a/x y").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(store.delete_prefix("a/").unwrap(), 1);
+    assert_eq!(store.try_get("a/x y").unwrap(), None);
+    let n = 3;
+    let sums: Vec<f64> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..n)
+            .map(|r| {
+                let store = store.clone();
+                s.spawn(move || {
+                    let mut c = init(GroupOptions::new("via-head", r, n), store).unwrap();
+                    let mut v = vec![r as f64 + 1.0; 1000];
+                    c.all_reduce_slice(&mut v, ReduceOp::Sum).unwrap();
+                    v[999]
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(sums, vec![6.0; 3]);
+    let bad = flare::head::HeadStore::new(&head.url, "wrong").unwrap();
+    assert!(bad.set("k", b"v").unwrap_err().to_string().contains("403"));
+    let _ = std::fs::remove_dir_all(&head.temp);
+}

@@ -52,6 +52,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/jobs/{id}/logs", get(logs))
         .route("/api/jobs/{id}/logs/tail", get(tail))
         .route("/api/kv", get(kv_keys))
+        .route("/api/kv_add/{*key}", post(kv_add))
+        .route("/api/kv_delete_prefix", post(kv_delete_prefix))
         .route("/api/cluster_status", get(cluster_status))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_JSON))
@@ -230,6 +232,36 @@ async fn kv_put(State(s): S, Path(key): Path<String>, body: Bytes) -> Result<Sta
 
 async fn kv_delete(State(s): S, Path(key): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
     Ok(Json(json!({ "deleted": s.db.kv_delete(kv_key(&key)?).map_err(|e| err(500, e))? })))
+}
+
+/// Atomically adds the decimal integer in the body to the one at `key` (0 when unset).
+async fn kv_add(State(s): S, Path(key): Path<String>, body: Bytes) -> Result<String, ApiError> {
+    let key = kv_key(&key)?.to_string();
+    let delta: i64 = std::str::from_utf8(&body)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| err(400, "the body must be a decimal integer"))?;
+    let _guard = s.kv_lock.lock().await;
+    let cur = match s.db.kv_get(&key).map_err(|e| err(500, e))? {
+        None => 0,
+        Some(v) => std::str::from_utf8(&v)
+            .ok()
+            .and_then(|v| v.parse::<i64>().ok())
+            .ok_or_else(|| err(400, format!("{key} does not hold an integer")))?,
+    };
+    let new = cur.wrapping_add(delta);
+    s.db.kv_put(&key, new.to_string().as_bytes()).map_err(|e| err(500, e))?;
+    Ok(new.to_string())
+}
+
+async fn kv_delete_prefix(State(s): S, Query(q): Query<Prefix>) -> Result<String, ApiError> {
+    let prefix = q.prefix.unwrap_or_default();
+    let _guard = s.kv_lock.lock().await;
+    let keys = s.db.kv_keys(&prefix).map_err(|e| err(500, e))?;
+    for k in &keys {
+        s.db.kv_delete(k).map_err(|e| err(500, e))?;
+    }
+    Ok(keys.len().to_string())
 }
 
 async fn kv_keys(State(s): S, Query(q): Query<Prefix>) -> Result<Json<serde_json::Value>, ApiError> {

@@ -14,6 +14,7 @@ pub mod client;
 mod db;
 mod http;
 mod jobs;
+mod kv_store;
 pub mod package;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use std::sync::Arc;
 
 pub use http::{MAX_PACKAGE, RAY_VERSION};
 pub use jobs::{JobInfo, JobStatus};
+pub use kv_store::HeadStore;
 
 /// How to run a head.
 #[derive(Debug, Clone)]
@@ -104,6 +106,8 @@ pub(crate) struct Shared {
     pub db: Arc<db::Db>,
     pub jobs: jobs::Jobs,
     pub started_at_ms: u64,
+    /// Serializes read-modify-write KV calls.
+    pub kv_lock: tokio::sync::Mutex<()>,
 }
 
 /// Runs a head until SIGTERM or SIGINT. Returns an error if it cannot start.
@@ -114,7 +118,7 @@ pub fn run(opts: HeadOptions) -> Result<(), String> {
     let token = ensure_token(&opts.session_dir)?;
     let db = Arc::new(db::Db::open(&opts.session_dir.join("head.redb"))?);
     let jobs = jobs::Jobs::recover(db.clone(), &opts)?;
-    let shared = Arc::new(Shared { opts: opts.clone(), token, db, jobs, started_at_ms: now_ms() });
+    let shared = Arc::new(Shared { opts: opts.clone(), token, db, jobs, started_at_ms: now_ms(), kv_lock: Default::default() });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
