@@ -25,7 +25,9 @@ pub struct StartArgs {
     pub head: bool,
     pub address: Option<String>,
     pub host: String,
+    pub port: u16,
     pub dashboard_port: u16,
+    pub node_id: Option<String>,
     pub num_cpus: Option<f64>,
     pub num_gpus: Option<f64>,
     pub resources: Option<String>,
@@ -55,13 +57,10 @@ fn parse_resources(s: &Option<String>) -> anyhow::Result<Vec<(String, f64)>> {
 /// Starts a head in the background and returns once it serves.
 pub fn start(a: StartArgs) -> anyhow::Result<()> {
     if !a.head {
-        if let Some(addr) = a.address {
-            bail!(
-                "joining worker nodes to a head (`flare start --address {addr}`) is not implemented yet: \
-                 this version runs the head with its Jobs API; node agents over gRPC are the next step of issue #3"
-            );
-        }
-        bail!("say `flare start --head` to start a head");
+        let Some(addr) = a.address.clone() else {
+            bail!("say `flare start --head` to start a head, or `--address HOST:PORT` to join one");
+        };
+        return start_node(a, &addr);
     }
     let dir = session_dir(a.temp_dir.as_deref());
     std::fs::create_dir_all(dir.join("logs")).with_context(|| format!("creating {}", dir.display()))?;
@@ -90,7 +89,7 @@ pub fn start(a: StartArgs) -> anyhow::Result<()> {
     cmd.arg("__head")
         .arg("--session-dir")
         .arg(&dir)
-        .args(["--host", &a.host, "--dashboard-port", &a.dashboard_port.to_string()])
+        .args(["--host", &a.host, "--dashboard-port", &a.dashboard_port.to_string(), "--grpc-port", &a.port.to_string()])
         .args(["--num-cpus", &num_cpus.to_string(), "--num-gpus", &num_gpus.to_string()])
         .args(["--resources", &serde_json::to_string(&resources.iter().cloned().collect::<std::collections::BTreeMap<_, _>>())?])
         .args(["--labels", &labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")])
@@ -122,6 +121,12 @@ pub fn start(a: StartArgs) -> anyhow::Result<()> {
                         temp_dir_flag(&a.temp_dir),
                         info.dashboard_url
                     );
+                    println!("Join a worker node (from its machine):");
+                    println!(
+                        "  FLARE_TOKEN=$(flare token{}) flare start --address {}",
+                        temp_dir_flag(&a.temp_dir),
+                        info.grpc_address
+                    );
                     println!("Stop it: flare stop{}", temp_dir_flag(&a.temp_dir));
                     return Ok(());
                 }
@@ -136,6 +141,96 @@ pub fn start(a: StartArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Starts a node agent that joins the head at `head` (its gRPC address).
+fn start_node(a: StartArgs, head: &str) -> anyhow::Result<()> {
+    let dir = session_dir(a.temp_dir.as_deref());
+    std::fs::create_dir_all(dir.join("logs")).with_context(|| format!("creating {}", dir.display()))?;
+    if let Ok(text) = std::fs::read_to_string(dir.join("node.json")) {
+        if let Ok(info) = serde_json::from_str::<flare::head::node_agent::NodeInfo>(&text) {
+            if alive(info.pid) {
+                bail!("a node agent is already running in {} (pid {}); `flare stop` it first", dir.display(), info.pid);
+            }
+        }
+        let _ = std::fs::remove_file(dir.join("node.json"));
+    }
+    let token = std::env::var("FLARE_TOKEN")
+        .ok()
+        .or_else(|| flare::head::read_token(&dir).ok())
+        .context("joining a head needs its token: set FLARE_TOKEN=$(flare token) (run `flare token` where the head runs)")?;
+    let head = head.trim_start_matches("http://").to_string();
+    let num_cpus = a.num_cpus.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64);
+    let num_gpus = a.num_gpus.unwrap_or_else(|| flare::gpu::discover().gpus.len() as f64);
+    let mut resources = parse_resources(&a.resources)?;
+    resources.push(("CPU".into(), num_cpus));
+    resources.push(("GPU".into(), num_gpus));
+    let mut labels = parse_labels(&a.labels)?;
+    if let (true, Some(kind)) = (num_gpus > 0.0, flare::gpu::discover().accelerator_type()) {
+        labels.push(("accelerator_type".into(), kind.clone()));
+        resources.push((format!("accelerator_type:{kind}"), 1.0));
+    }
+    let node_id = a.node_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let out = std::fs::File::create(dir.join("logs/node.out"))?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("__node")
+        .args(["--head", &head, "--node-id", &node_id, "--address", &a.host])
+        .arg("--session-dir")
+        .arg(&dir)
+        .args(["--resources", &serde_json::to_string(&resources.iter().cloned().collect::<std::collections::BTreeMap<_, _>>())?])
+        .args(["--labels", &labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")])
+        .env("FLARE_TOKEN", &token)
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    let mut child = cmd.spawn().context("starting the node agent")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(dir.join("logs/node.out")).unwrap_or_default();
+            bail!("the node agent exited ({status}):\n{log}");
+        }
+        if dir.join("node.json").exists() {
+            println!("Node '{node_id}' (pid {}) joined the head at {head}.", child.id());
+            println!("Stop it: flare stop{}", temp_dir_flag(&a.temp_dir));
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            // SAFETY: our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            bail!("the node agent could not register with {head} within 30 s; see {}", dir.join("logs/node.out").display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub struct NodeArgs {
+    pub head: String,
+    pub node_id: String,
+    pub address: String,
+    pub session_dir: PathBuf,
+    pub resources: String,
+    pub labels: String,
+}
+
+/// The node agent process itself (`flare __node`, started by `flare start --address`).
+pub fn node(a: NodeArgs) -> anyhow::Result<()> {
+    let token = std::env::var("FLARE_TOKEN").context("the node agent needs FLARE_TOKEN")?;
+    let opts = flare::head::node_agent::NodeAgentOptions {
+        head: a.head,
+        token,
+        node_id: a.node_id,
+        address: a.address,
+        resources: parse_resources(&Some(a.resources))?.into_iter().collect(),
+        labels: parse_labels(&Some(a.labels))?.into_iter().collect(),
+        session_dir: a.session_dir,
+    };
+    flare::head::node_agent::run(opts).map_err(anyhow::Error::msg)
+}
+
 fn temp_dir_flag(t: &Option<PathBuf>) -> String {
     t.as_ref().map(|d| format!(" --temp-dir {}", d.display())).unwrap_or_default()
 }
@@ -144,6 +239,7 @@ pub struct HeadArgs {
     pub session_dir: PathBuf,
     pub host: String,
     pub dashboard_port: u16,
+    pub grpc_port: u16,
     pub num_cpus: f64,
     pub num_gpus: f64,
     pub resources: String,
@@ -165,6 +261,7 @@ pub fn head(a: HeadArgs) -> anyhow::Result<()> {
         session_dir: a.session_dir,
         host: a.host,
         dashboard_port: a.dashboard_port,
+        grpc_port: a.grpc_port,
         num_cpus: a.num_cpus,
         num_gpus: a.num_gpus,
         memory,
@@ -177,6 +274,14 @@ pub fn head(a: HeadArgs) -> anyhow::Result<()> {
 /// Stops the head started in a session directory: SIGTERM, then SIGKILL after 10 s.
 pub fn stop(temp_dir: Option<&Path>) -> anyhow::Result<()> {
     let dir = session_dir(temp_dir);
+    if let Some(info) = std::fs::read_to_string(dir.join("node.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<flare::head::node_agent::NodeInfo>(&t).ok())
+    {
+        terminate(info.pid);
+        let _ = std::fs::remove_file(dir.join("node.json"));
+        println!("Stopped node agent '{}' (pid {}).", info.node_id, info.pid);
+    }
     let Ok(info) = HeadInfo::read(&dir) else {
         println!("No head is running in {}.", dir.display());
         return Ok(());
@@ -186,20 +291,25 @@ pub fn stop(temp_dir: Option<&Path>) -> anyhow::Result<()> {
         println!("The head (pid {}) had already exited.", info.pid);
         return Ok(());
     }
-    // SAFETY: the pid is the head's, from its own head.json.
-    unsafe { libc::kill(info.pid as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(info.pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-        reap(info.pid);
-    }
-    if alive(info.pid) {
-        // SAFETY: as above.
-        unsafe { libc::kill(info.pid as i32, libc::SIGKILL) };
-    }
+    terminate(info.pid);
     let _ = std::fs::remove_file(dir.join("head.json"));
     println!("Stopped the head (pid {}).", info.pid);
     Ok(())
+}
+
+/// SIGTERM, then SIGKILL after 10 s.
+fn terminate(pid: u32) {
+    // SAFETY: the pid comes from the process's own head.json or node.json.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        reap(pid);
+    }
+    if alive(pid) {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
 }
 
 fn reap(pid: u32) {
@@ -399,26 +509,27 @@ pub fn status(c: &HeadClient, json: bool) -> anyhow::Result<()> {
     }
     println!("======== Cluster status ========");
     println!("Node status\n-----------");
-    for n in v["nodes"].as_array().into_iter().flatten() {
-        println!(
-            " 1 {} ({})",
-            n["node_id"].as_str().unwrap_or(""),
-            if n["alive"].as_bool() == Some(true) { "alive" } else { "dead" }
-        );
+    let nodes: Vec<&serde_json::Value> = v["nodes"].as_array().into_iter().flatten().collect();
+    let alive_n = nodes.iter().filter(|n| n["alive"].as_bool() == Some(true)).count();
+    println!("Active: {alive_n}");
+    for n in &nodes {
+        let state = if n["alive"].as_bool() == Some(true) { "alive" } else { "DEAD " };
+        let role = if n["is_head"].as_bool() == Some(true) { " (head)" } else { "" };
+        println!(" {state} {}{role}", n["node_id"].as_str().unwrap_or(""));
     }
     println!("\nResources (used by job entrypoints / total)\n-------------------------------------------");
     for n in v["nodes"].as_array().into_iter().flatten() {
-        if let Some(total) = n["resources_total"].as_object() {
-            let mut keys: Vec<_> = total.keys().collect();
-            keys.sort();
-            for k in keys {
-                let t = total[k].as_f64().unwrap_or(0.0);
-                let u = n["resources_used_by_jobs"][k].as_f64().unwrap_or(0.0);
-                if k == "memory" {
-                    println!(" {:.1}/{:.1} GiB {k}", u / (1u64 << 30) as f64, t / (1u64 << 30) as f64);
-                } else {
-                    println!(" {u}/{t} {k}");
-                }
+        let Some(total) = n["resources_total"].as_object() else { continue };
+        println!(" {}{}:", n["node_id"].as_str().unwrap_or(""), if n["alive"].as_bool() == Some(true) { "" } else { " (dead)" });
+        let mut keys: Vec<_> = total.keys().collect();
+        keys.sort();
+        for k in keys {
+            let t = total[k].as_f64().unwrap_or(0.0);
+            let u = n["resources_used_by_jobs"][k].as_f64().unwrap_or(0.0);
+            if k == "memory" {
+                println!("   {:.1}/{:.1} GiB {k}", u / (1u64 << 30) as f64, t / (1u64 << 30) as f64);
+            } else {
+                println!("   {u}/{t} {k}");
             }
         }
     }

@@ -20,15 +20,18 @@ enum Command {
     Start {
         #[arg(long)]
         head: bool,
-        /// A head to join as a worker node (not implemented yet).
+        /// A head's gRPC address (HOST:PORT) to join as a worker node; the token comes from FLARE_TOKEN.
         #[arg(long)]
         address: Option<String>,
         /// The address servers bind (default 127.0.0.1: only this machine can reach them).
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
-        /// The head's gRPC port for node agents (reserved; node agents are not implemented yet).
+        /// The head's gRPC port for node agents (0 picks a free port).
         #[arg(long, default_value_t = 6379)]
         port: u16,
+        /// This node's id when joining (default: hostname-pid).
+        #[arg(long)]
+        node_id: Option<String>,
         /// Port of the Jobs API and dashboard (0 picks a free port).
         #[arg(long, default_value_t = 8265)]
         dashboard_port: u16,
@@ -94,10 +97,28 @@ enum Command {
         host: String,
         #[arg(long)]
         dashboard_port: u16,
+        #[arg(long, default_value_t = 6379)]
+        grpc_port: u16,
         #[arg(long)]
         num_cpus: f64,
         #[arg(long)]
         num_gpus: f64,
+        #[arg(long)]
+        resources: String,
+        #[arg(long, default_value = "")]
+        labels: String,
+    },
+    /// A node agent process (started by `flare start --address`).
+    #[command(name = "__node", hide = true)]
+    Node {
+        #[arg(long)]
+        head: String,
+        #[arg(long)]
+        node_id: String,
+        #[arg(long)]
+        address: String,
+        #[arg(long)]
+        session_dir: std::path::PathBuf,
         #[arg(long)]
         resources: String,
         #[arg(long, default_value = "")]
@@ -273,21 +294,48 @@ enum RlCommand {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Start { head, address, host, port: _, dashboard_port, num_cpus, num_gpus, resources, labels, temp_dir } => {
-            cluster::start(cluster::StartArgs {
+        Command::Start {
+            head,
+            address,
+            host,
+            port,
+            node_id,
+            dashboard_port,
+            num_cpus,
+            num_gpus,
+            resources,
+            labels,
+            temp_dir,
+        } => {
+            let a = cluster::StartArgs {
                 head,
                 address,
                 host,
+                port,
                 dashboard_port,
+                node_id,
                 num_cpus,
                 num_gpus,
                 resources,
                 labels,
                 temp_dir,
+            };
+            cluster::start(a)?;
+        }
+        Command::Head { session_dir, host, dashboard_port, grpc_port, num_cpus, num_gpus, resources, labels } => {
+            cluster::head(cluster::HeadArgs {
+                session_dir,
+                host,
+                dashboard_port,
+                grpc_port,
+                num_cpus,
+                num_gpus,
+                resources,
+                labels,
             })?;
         }
-        Command::Head { session_dir, host, dashboard_port, num_cpus, num_gpus, resources, labels } => {
-            cluster::head(cluster::HeadArgs { session_dir, host, dashboard_port, num_cpus, num_gpus, resources, labels })?;
+        Command::Node { head, node_id, address, session_dir, resources, labels } => {
+            cluster::node(cluster::NodeArgs { head, node_id, address, session_dir, resources, labels })?;
         }
         Command::Stop { temp_dir } => cluster::stop(temp_dir.as_deref())?,
         Command::Token { temp_dir } => cluster::token(temp_dir.as_deref())?,

@@ -24,9 +24,14 @@ struct Head {
 
 impl Head {
     fn start(temp: PathBuf) -> Head {
+        Head::start_on(temp, 0)
+    }
+    /// A head whose gRPC port is `port` (0: any); nodes are declared dead after 1.5 s.
+    fn start_on(temp: PathBuf, port: u16) -> Head {
         let out = flare()
-            .args(["start", "--head", "--dashboard-port", "0", "--num-cpus", "4", "--temp-dir"])
+            .args(["start", "--head", "--dashboard-port", "0", "--port", &port.to_string(), "--num-cpus", "4", "--temp-dir"])
             .arg(&temp)
+            .env("FLARE_NODE_DEAD_AFTER_MS", "1500")
             .output()
             .unwrap();
         assert!(
@@ -364,4 +369,84 @@ fn collectives_rendezvous_through_the_head_kv() {
     let bad = flare::head::HeadStore::new(&head.url, "wrong").unwrap();
     assert!(bad.set("k", b"v").unwrap_err().to_string().contains("403"));
     let _ = std::fs::remove_dir_all(&head.temp);
+}
+
+fn node_alive(c: &HeadClient, id: &str) -> Option<bool> {
+    let v = c.get("/api/cluster_status").unwrap().ok_json().unwrap();
+    v["nodes"].as_array().unwrap().iter().find(|n| n["node_id"] == id).map(|n| n["alive"].as_bool().unwrap())
+}
+
+fn wait_node(c: &HeadClient, id: &str, alive: bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while node_alive(c, id) != Some(alive) {
+        assert!(Instant::now() < deadline, "node {id} never became alive={alive}: {:?}", node_alive(c, id));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Node agents are real processes that register over gRPC with the token, heartbeat, are
+/// declared dead when killed, and reconnect to a restarted head.
+#[test]
+fn node_agents_join_die_and_reconnect_over_grpc() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let temp = std::env::temp_dir().join(format!("flare-head-nodes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&temp);
+    let mut head = Head::start_on(temp.clone(), port);
+    let grpc = HeadInfo::read(&temp.join("session_latest")).unwrap().grpc_address;
+    assert_eq!(grpc, format!("127.0.0.1:{port}"));
+    let node_dir = |n: &str| temp.join(format!("node-{n}"));
+    let start_node = |n: &str, token: &str| {
+        flare()
+            .args(["start", "--address", &grpc, "--node-id", n, "--num-cpus", "3", "--num-gpus", "1", "--temp-dir"])
+            .arg(node_dir(n))
+            .env("FLARE_TOKEN", token)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+    };
+    let node_pid = |n: &str| -> i32 {
+        let t = std::fs::read_to_string(node_dir(n).join("session_latest/node.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&t).unwrap()["pid"].as_i64().unwrap() as i32
+    };
+    let out = start_node("n1", &head.token);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = start_node("bad", "not-the-token");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("token does not match"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let c = head.client();
+    wait_node(&c, "n1", true);
+    assert_eq!(node_alive(&c, "bad"), None, "a node without the token is not in the table");
+    let v = c.get("/api/cluster_status").unwrap().ok_json().unwrap();
+    let n1 = v["nodes"].as_array().unwrap().iter().find(|n| n["node_id"] == "n1").unwrap().clone();
+    assert_eq!(n1["resources_total"]["CPU"], 3.0);
+    assert_eq!(n1["resources_total"]["GPU"], 1.0);
+    let out = head.flare().args(["status", "--temp-dir"]).arg(&temp).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Active: 2"), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // SIGKILL of the agent: declared dead after the missed heartbeats.
+    let t = Instant::now();
+    // SAFETY: the agent this test started.
+    unsafe { libc::kill(node_pid("n1"), libc::SIGKILL) };
+    wait_node(&c, "n1", false);
+    assert!(t.elapsed() < Duration::from_secs(5), "declared dead after {:?}", t.elapsed());
+    let m = c.get("/metrics").unwrap().text();
+    assert!(m.contains("flare_node_alive{node=\"n1\"} 0"), "{m}");
+
+    // A head restarted on the same port and directory: the agent reconnects on its own.
+    let out = start_node("n2", &head.token);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_node(&c, "n2", true);
+    head.stop();
+    let head2 = Head::start_on(temp.clone(), port);
+    let c2 = head2.client();
+    wait_node(&c2, "n2", true);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(node_alive(&c2, "n2"), Some(true), "n2 heartbeats to the new head");
+    assert_eq!(node_alive(&c2, "n1"), Some(false), "n1 is remembered, and dead");
+    let out = flare().arg("stop").arg("--temp-dir").arg(node_dir("n2")).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Stopped node agent 'n2'"), "{}", String::from_utf8_lossy(&out.stdout));
+    wait_node(&c2, "n2", false);
+    drop(head2);
+    let _ = std::fs::remove_dir_all(&temp);
 }

@@ -6,6 +6,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 
 pub(crate) struct Db {
     db: Database,
@@ -21,6 +22,7 @@ impl Db {
         let w = db.begin_write().map_err(e)?;
         w.open_table(JOBS).map_err(e)?;
         w.open_table(KV).map_err(e)?;
+        w.open_table(NODES).map_err(e)?;
         w.commit().map_err(e)?;
         Ok(Db { db })
     }
@@ -63,6 +65,12 @@ impl Db {
     }
     pub fn jobs(&self) -> Result<Vec<(String, Vec<u8>)>, String> {
         self.all(JOBS)
+    }
+    pub fn put_node(&self, id: &str, json: &[u8]) -> Result<(), String> {
+        self.put(NODES, id, json)
+    }
+    pub fn nodes(&self) -> Result<Vec<(String, Vec<u8>)>, String> {
+        self.all(NODES)
     }
     pub fn kv_put(&self, key: &str, value: &[u8]) -> Result<(), String> {
         self.put(KV, key, value)

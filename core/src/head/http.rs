@@ -78,7 +78,7 @@ async fn auth(State(s): S, req: Request, next: Next) -> Response {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -269,17 +269,17 @@ async fn kv_keys(State(s): S, Query(q): Query<Prefix>) -> Result<Json<serde_json
 }
 
 async fn cluster_status(State(s): S) -> Json<serde_json::Value> {
-    let labels: serde_json::Map<String, serde_json::Value> = s.opts.labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    let nodes: Vec<serde_json::Value> = s
+        .node_list()
+        .into_iter()
+        .map(|n| {
+            let mut v = serde_json::to_value(&n).unwrap();
+            v["resources_used_by_jobs"] = if n.is_head { json!(s.jobs.used()) } else { json!({}) };
+            v
+        })
+        .collect();
     Json(json!({
-        "nodes": [{
-            "node_id": "head",
-            "is_head": true,
-            "alive": true,
-            "address": s.opts.host,
-            "resources_total": s.jobs.total(),
-            "resources_used_by_jobs": s.jobs.used(),
-            "labels": labels,
-        }],
+        "nodes": nodes,
         "jobs": s.jobs.counts(),
         "head_started_at_ms": s.started_at_ms,
     }))
@@ -292,8 +292,17 @@ async fn metrics(State(s): S) -> impl IntoResponse {
         out += &format!("flare_jobs{{status=\"{status}\"}} {}\n", s.jobs.counts().get(status).copied().unwrap_or(0));
     }
     out += "# HELP flare_node_resource_total Resources of each node.\n# TYPE flare_node_resource_total gauge\n";
-    for (k, v) in s.jobs.total() {
-        out += &format!("flare_node_resource_total{{node=\"head\",resource=\"{k}\"}} {v}\n");
+    let nodes = s.node_list();
+    for n in &nodes {
+        let mut keys: Vec<_> = n.resources_total.iter().collect();
+        keys.sort_by(|a, b| a.0.cmp(b.0));
+        for (k, v) in keys {
+            out += &format!("flare_node_resource_total{{node=\"{}\",resource=\"{k}\"}} {v}\n", n.node_id);
+        }
+    }
+    out += "# HELP flare_node_alive Whether each node is alive (heartbeats arrive).\n# TYPE flare_node_alive gauge\n";
+    for n in &nodes {
+        out += &format!("flare_node_alive{{node=\"{}\"}} {}\n", n.node_id, u8::from(n.alive));
     }
     out += "# HELP flare_node_resource_used_by_jobs Resources job entrypoints hold.\n# TYPE flare_node_resource_used_by_jobs gauge\n";
     for (k, v) in s.jobs.used() {

@@ -15,7 +15,9 @@ mod db;
 mod http;
 mod jobs;
 mod kv_store;
+pub mod node_agent;
 pub mod package;
+pub mod rpc;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,6 +34,8 @@ pub struct HeadOptions {
     pub host: String,
     /// Port of the HTTP API (Ray's dashboard port, default 8265; 0 picks a free one).
     pub dashboard_port: u16,
+    /// Port of the gRPC service node agents connect to (Ray's GCS port 6379; 0 picks one).
+    pub grpc_port: u16,
     /// Resources of the head's machine that jobs' entrypoints reserve.
     pub num_cpus: f64,
     pub num_gpus: f64,
@@ -46,6 +50,9 @@ pub struct HeadInfo {
     pub pid: u32,
     /// `http://host:port` of the HTTP API.
     pub dashboard_url: String,
+    /// `host:port` of the gRPC service for node agents.
+    #[serde(default)]
+    pub grpc_address: String,
     pub session_dir: PathBuf,
     pub started_at_ms: u64,
 }
@@ -108,6 +115,49 @@ pub(crate) struct Shared {
     pub started_at_ms: u64,
     /// Serializes read-modify-write KV calls.
     pub kv_lock: tokio::sync::Mutex<()>,
+    /// The node table (persisted; liveness from heartbeats).
+    pub nodes: std::sync::Mutex<std::collections::HashMap<String, rpc::NodeEntry>>,
+}
+
+impl Shared {
+    pub(crate) fn put_node(&self, n: rpc::NodeEntry) -> Result<(), String> {
+        self.db.put_node(&n.node_id, &serde_json::to_vec(&n).unwrap())?;
+        self.nodes.lock().unwrap().insert(n.node_id.clone(), n);
+        Ok(())
+    }
+
+    /// Records a heartbeat; false when the node is unknown.
+    pub(crate) fn touch_node(&self, id: &str) -> bool {
+        let mut g = self.nodes.lock().unwrap();
+        let Some(n) = g.get_mut(id) else { return false };
+        n.last_heartbeat_ms = now_ms();
+        if !n.alive {
+            n.alive = true;
+            tracing::info!(node = id, "node is back");
+            let _ = self.db.put_node(id, &serde_json::to_vec(&*n).unwrap());
+        }
+        true
+    }
+
+    /// Declares dead the nodes whose heartbeats stopped.
+    fn check_nodes(&self) {
+        let limit = rpc::dead_after().as_millis() as u64;
+        let now = now_ms();
+        let mut g = self.nodes.lock().unwrap();
+        for n in g.values_mut() {
+            if n.alive && !n.is_head && now.saturating_sub(n.last_heartbeat_ms) > limit {
+                n.alive = false;
+                tracing::warn!(node = %n.node_id, "node missed its heartbeats for {limit} ms: declared dead");
+                let _ = self.db.put_node(&n.node_id, &serde_json::to_vec(&*n).unwrap());
+            }
+        }
+    }
+
+    pub(crate) fn node_list(&self) -> Vec<rpc::NodeEntry> {
+        let mut v: Vec<_> = self.nodes.lock().unwrap().values().cloned().collect();
+        v.sort_by(|a, b| (!a.is_head, &a.node_id).cmp(&(!b.is_head, &b.node_id)));
+        v
+    }
 }
 
 /// Runs a head until SIGTERM or SIGINT. Returns an error if it cannot start.
@@ -118,7 +168,37 @@ pub fn run(opts: HeadOptions) -> Result<(), String> {
     let token = ensure_token(&opts.session_dir)?;
     let db = Arc::new(db::Db::open(&opts.session_dir.join("head.redb"))?);
     let jobs = jobs::Jobs::recover(db.clone(), &opts)?;
-    let shared = Arc::new(Shared { opts: opts.clone(), token, db, jobs, started_at_ms: now_ms(), kv_lock: Default::default() });
+    // Nodes of an earlier head: alive again only once they heartbeat to this one.
+    let mut nodes = std::collections::HashMap::new();
+    for (id, bytes) in db.nodes()? {
+        if let Ok(mut n) = serde_json::from_slice::<rpc::NodeEntry>(&bytes) {
+            if !n.is_head {
+                n.last_heartbeat_ms = now_ms();
+                nodes.insert(id, n);
+            }
+        }
+    }
+    let shared = Arc::new(Shared {
+        opts: opts.clone(),
+        token,
+        db,
+        jobs,
+        started_at_ms: now_ms(),
+        kv_lock: Default::default(),
+        nodes: std::sync::Mutex::new(nodes),
+    });
+    let head_node = rpc::NodeEntry {
+        node_id: "head".into(),
+        address: opts.host.clone(),
+        is_head: true,
+        alive: true,
+        resources_total: shared.jobs.total().clone(),
+        labels: opts.labels.iter().cloned().collect(),
+        pid: std::process::id(),
+        last_heartbeat_ms: now_ms(),
+        registered_ms: now_ms(),
+    };
+    shared.put_node(head_node)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -130,9 +210,35 @@ pub fn run(opts: HeadOptions) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen on {}:{}: {e}", opts.host, opts.dashboard_port))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let grpc = tokio::net::TcpListener::bind((opts.host.as_str(), opts.grpc_port))
+            .await
+            .map_err(|e| format!("cannot listen on {}:{} for node agents: {e}", opts.host, opts.grpc_port))?;
+        let grpc_addr = grpc.local_addr().map_err(|e| e.to_string())?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let rpc = rpc::HeadServer::new(rpc::Rpc(shared.clone())).max_decoding_message_size(4 << 20);
+        let mut rx = stop_rx.clone();
+        let grpc_task = tokio::spawn(
+            tonic::transport::Server::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .add_service(rpc)
+                .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(grpc), async move {
+                    let _ = rx.changed().await;
+                }),
+        );
+        let monitor = shared.clone();
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => monitor.check_nodes(),
+                    _ = rx.changed() => return,
+                }
+            }
+        });
         let info = HeadInfo {
             pid: std::process::id(),
             dashboard_url: format!("http://{addr}"),
+            grpc_address: grpc_addr.to_string(),
             session_dir: opts.session_dir.clone(),
             started_at_ms: shared.started_at_ms,
         };
@@ -147,6 +253,8 @@ pub fn run(opts: HeadOptions) -> Result<(), String> {
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         };
         axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(|e| e.to_string())?;
+        let _ = stop_tx.send(true);
+        let _ = grpc_task.await;
         shared.jobs.stop_all();
         let _ = std::fs::remove_file(opts.session_dir.join("head.json"));
         Ok::<(), String>(())
