@@ -233,14 +233,20 @@ impl GroupCore {
         &self.opts.name
     }
 
-    /// Checks that the group can run a collective, numbers it and publishes that this rank arrived.
-    pub fn enter(&mut self) -> Result<u64> {
+    /// Whether the group can still communicate (not aborted, not broken by a failure).
+    pub fn ready(&self) -> Result<()> {
         if self.abort.is_aborted() {
             return Err(CollectiveError::Aborted { group: self.opts.name.clone() });
         }
         if let Some(cause) = &self.broken {
             return Err(CollectiveError::Broken { group: self.opts.name.clone(), cause: cause.clone() });
         }
+        Ok(())
+    }
+
+    /// Checks that the group can run a collective, numbers it and publishes that this rank arrived.
+    pub fn enter(&mut self) -> Result<u64> {
+        self.ready()?;
         self.seq += 1;
         let mut g = self.progress.latest.lock().unwrap();
         g.0 = self.seq;

@@ -19,6 +19,7 @@
 //! creates groups from its actors, and anything else can create them from threads or processes.
 
 mod asynch;
+mod check;
 mod dtype;
 mod error;
 mod group;

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use cudarc::nccl::{Comm, Id, NcclType, ReduceOp as NReduce};
 
-use crate::dtype::chunk_range;
+use crate::check;
 use crate::group::GroupCore;
-use crate::ring::{check_same_dtype, Fail};
+use crate::ring::Fail;
 use crate::{AbortHandle, Backend, Buf, BufMut, CollectiveError, Communicator, DType, GroupOptions, ReduceOp, Result, Store};
 
 fn nccl_op(op: ReduceOp) -> NReduce {
@@ -175,9 +175,7 @@ impl NcclComm {
     /// Broadcasts a device buffer from `root` in place.
     pub fn broadcast_device<T: NcclType + DeviceRepr>(&mut self, buf: &mut CudaSlice<T>, root: usize) -> Result<()> {
         let n = self.core.world();
-        if root >= n {
-            return Err(CollectiveError::InvalidArgument(format!("broadcast root {root} is out of range for world size {n}")));
-        }
+        check::root(root, n)?;
         let seq = self.core.enter()?;
         let start = Instant::now();
         let r = self.comm()?.broadcast_in_place(buf, root as i32);
@@ -268,7 +266,7 @@ impl Communicator for NcclComm {
     }
 
     fn all_gather(&mut self, input: Buf<'_>, mut output: BufMut<'_>) -> Result<()> {
-        check_same_dtype(input.dtype(), output.dtype())?;
+        check::all_gather(&input, &output, self.core.world())?;
         fn go<T: NcclType + DeviceRepr + ValidAsZeroBits + Copy>(c: &mut NcclComm, i: &[u8], o: &mut [u8]) -> Result<()> {
             // SAFETY: as in host_op.
             let input = unsafe { std::slice::from_raw_parts(i.as_ptr() as *const T, i.len() / std::mem::size_of::<T>()) };
@@ -280,17 +278,8 @@ impl Communicator for NcclComm {
     }
 
     fn reduce_scatter(&mut self, input: Buf<'_>, mut output: BufMut<'_>, op: ReduceOp) -> Result<()> {
-        check_same_dtype(input.dtype(), output.dtype())?;
         let (n, r) = (self.core.world(), self.core.rank());
-        let own = chunk_range(input.len(), n, r);
-        if output.len() != own.len() {
-            return Err(CollectiveError::InvalidArgument(format!(
-                "reduce_scatter output of rank {r} holds {} elements; its part of the {} inputs is {}",
-                output.len(),
-                input.len(),
-                own.len()
-            )));
-        }
+        let own = check::reduce_scatter(&input, &output, n, r)?;
         // ncclReduceScatter needs equal parts; an all-reduce gives every length the same result.
         let mut all = input.as_bytes().to_vec();
         let es = input.dtype().size();
@@ -315,9 +304,7 @@ impl Communicator for NcclComm {
             c.wait("send", 0, start)
         }
         let n = self.core.world();
-        if dst >= n || dst == self.core.rank() {
-            return Err(CollectiveError::InvalidArgument(format!("send to rank {dst}: it must be another rank of 0..{n}")));
-        }
+        check::peer("send to", dst, self.core.rank(), n)?;
         let dtype = buf.dtype();
         nccl_dtype!(dtype, go(self, buf.as_bytes(), dst))
     }
@@ -332,9 +319,7 @@ impl Communicator for NcclComm {
             })
         }
         let n = self.core.world();
-        if src >= n || src == self.core.rank() {
-            return Err(CollectiveError::InvalidArgument(format!("recv from rank {src}: it must be another rank of 0..{n}")));
-        }
+        check::peer("recv from", src, self.core.rank(), n)?;
         let dtype = buf.dtype();
         nccl_dtype!(dtype, go(self, buf.as_bytes_mut(), src))
     }

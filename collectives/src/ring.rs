@@ -15,6 +15,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::check;
 use crate::dtype::{chunk_range, finish_mean_bytes, reduce_bytes};
 use crate::group::GroupCore;
 use crate::{AbortHandle, Backend, Buf, BufMut, CollectiveError, Communicator, DType, GroupOptions, ReduceOp, Result, Store};
@@ -521,9 +522,7 @@ impl Communicator for RingComm {
 
     fn broadcast(&mut self, mut buf: BufMut<'_>, root: usize) -> Result<()> {
         let n = self.core.world();
-        if root >= n {
-            return Err(CollectiveError::InvalidArgument(format!("broadcast root {root} is out of range for world size {n}")));
-        }
+        check::root(root, n)?;
         let seq = self.core.enter()?;
         let start = Instant::now();
         if n == 1 {
@@ -553,15 +552,7 @@ impl Communicator for RingComm {
 
     fn all_gather(&mut self, input: Buf<'_>, mut output: BufMut<'_>) -> Result<()> {
         let n = self.core.world();
-        check_same_dtype(input.dtype(), output.dtype())?;
-        if output.len() != input.len() * n {
-            return Err(CollectiveError::InvalidArgument(format!(
-                "all_gather output holds {} elements; it needs world size x input = {n} x {} = {}",
-                output.len(),
-                input.len(),
-                input.len() * n
-            )));
-        }
+        check::all_gather(&input, &output, n)?;
         let seq = self.core.enter()?;
         let start = Instant::now();
         let (dtype, count, r) = (input.dtype(), output.len(), self.core.rank());
@@ -583,16 +574,7 @@ impl Communicator for RingComm {
 
     fn reduce_scatter(&mut self, input: Buf<'_>, mut output: BufMut<'_>, op: ReduceOp) -> Result<()> {
         let (n, r) = (self.core.world(), self.core.rank());
-        check_same_dtype(input.dtype(), output.dtype())?;
-        let own = chunk_range(input.len(), n, r);
-        if output.len() != own.len() {
-            return Err(CollectiveError::InvalidArgument(format!(
-                "reduce_scatter output of rank {r} holds {} elements; its part of the {} inputs is {} (see chunk_range)",
-                output.len(),
-                input.len(),
-                own.len()
-            )));
-        }
+        let own = check::reduce_scatter(&input, &output, n, r)?;
         let seq = self.core.enter()?;
         let start = Instant::now();
         let (dtype, count) = (input.dtype(), input.len());
@@ -644,10 +626,8 @@ impl Communicator for RingComm {
 
     fn send(&mut self, buf: Buf<'_>, dst: usize) -> Result<()> {
         let n = self.core.world();
-        if dst >= n || dst == self.core.rank() {
-            return Err(CollectiveError::InvalidArgument(format!("send to rank {dst}: it must be another rank of 0..{n}")));
-        }
-        self.p2p_check()?;
+        check::peer("send to", dst, self.core.rank(), n)?;
+        self.core.ready()?;
         let start = Instant::now();
         let h = self.header(OP_P2P, buf.dtype(), None, 0, buf.len(), 0);
         let out = h.encode();
@@ -660,10 +640,8 @@ impl Communicator for RingComm {
 
     fn recv(&mut self, mut buf: BufMut<'_>, src: usize) -> Result<()> {
         let n = self.core.world();
-        if src >= n || src == self.core.rank() {
-            return Err(CollectiveError::InvalidArgument(format!("recv from rank {src}: it must be another rank of 0..{n}")));
-        }
-        self.p2p_check()?;
+        check::peer("recv from", src, self.core.rank(), n)?;
+        self.core.ready()?;
         let start = Instant::now();
         let h = self.header(OP_P2P, buf.dtype(), None, 0, buf.len(), 0);
         let mut inn = [0u8; 32];
@@ -674,25 +652,6 @@ impl Communicator for RingComm {
         ];
         self.run("recv", 0, h, Plan { send_to: None, recv_from: Some(src), sends: Vec::new(), recvs }, start)
     }
-}
-
-impl RingComm {
-    fn p2p_check(&self) -> Result<()> {
-        if self.core.abort.is_aborted() {
-            return Err(CollectiveError::Aborted { group: self.core.name().into() });
-        }
-        if let Some(cause) = &self.core.broken {
-            return Err(CollectiveError::Broken { group: self.core.name().into(), cause: cause.clone() });
-        }
-        Ok(())
-    }
-}
-
-pub(crate) fn check_same_dtype(a: DType, b: DType) -> Result<()> {
-    if a != b {
-        return Err(CollectiveError::InvalidArgument(format!("input is {} but output is {}", a.name(), b.name())));
-    }
-    Ok(())
 }
 
 impl Drop for RingComm {

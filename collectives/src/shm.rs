@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use memmap2::MmapMut;
 
+use crate::check;
 use crate::dtype::{chunk_range, finish_mean_bytes, reduce_bytes};
 use crate::group::GroupCore;
-use crate::ring::{check_same_dtype, fnv, Fail};
+use crate::ring::{fnv, Fail};
 use crate::{AbortHandle, Backend, Buf, BufMut, CollectiveError, Communicator, DType, GroupOptions, ReduceOp, Result, Store};
 
 const MAGIC: u64 = 0x464c_4152_4553_484d; // "FLARESHM"
@@ -386,9 +387,7 @@ impl Communicator for ShmComm {
 
     fn broadcast(&mut self, mut buf: BufMut<'_>, root: usize) -> Result<()> {
         let n = self.core.world();
-        if root >= n {
-            return Err(CollectiveError::InvalidArgument(format!("broadcast root {root} is out of range for world size {n}")));
-        }
+        check::root(root, n)?;
         let seq = self.core.enter()?;
         let start = Instant::now();
         if n == 1 {
@@ -417,15 +416,7 @@ impl Communicator for ShmComm {
 
     fn all_gather(&mut self, input: Buf<'_>, mut output: BufMut<'_>) -> Result<()> {
         let n = self.core.world();
-        check_same_dtype(input.dtype(), output.dtype())?;
-        if output.len() != input.len() * n {
-            return Err(CollectiveError::InvalidArgument(format!(
-                "all_gather output holds {} elements; it needs world size x input = {n} x {} = {}",
-                output.len(),
-                input.len(),
-                input.len() * n
-            )));
-        }
+        check::all_gather(&input, &output, n)?;
         let seq = self.core.enter()?;
         let start = Instant::now();
         let (dtype, r) = (input.dtype(), self.core.rank());
@@ -458,16 +449,7 @@ impl Communicator for ShmComm {
 
     fn reduce_scatter(&mut self, input: Buf<'_>, mut output: BufMut<'_>, op: ReduceOp) -> Result<()> {
         let (n, r) = (self.core.world(), self.core.rank());
-        check_same_dtype(input.dtype(), output.dtype())?;
-        let own = chunk_range(input.len(), n, r);
-        if output.len() != own.len() {
-            return Err(CollectiveError::InvalidArgument(format!(
-                "reduce_scatter output of rank {r} holds {} elements; its part of the {} inputs is {} (see chunk_range)",
-                output.len(),
-                input.len(),
-                own.len()
-            )));
-        }
+        let own = check::reduce_scatter(&input, &output, n, r)?;
         let seq = self.core.enter()?;
         let start = Instant::now();
         let dtype = input.dtype();
@@ -521,10 +503,8 @@ impl Communicator for ShmComm {
 
     fn send(&mut self, buf: Buf<'_>, dst: usize) -> Result<()> {
         let (n, r) = (self.core.world(), self.core.rank());
-        if dst >= n || dst == r {
-            return Err(CollectiveError::InvalidArgument(format!("send to rank {dst}: it must be another rank of 0..{n}")));
-        }
-        self.p2p_ready()?;
+        check::peer("send to", dst, r, n)?;
+        self.core.ready()?;
         let start = Instant::now();
         let deadline = start + self.core.opts.timeout;
         let bytes = buf.as_bytes();
@@ -549,10 +529,8 @@ impl Communicator for ShmComm {
 
     fn recv(&mut self, mut buf: BufMut<'_>, src: usize) -> Result<()> {
         let (n, r) = (self.core.world(), self.core.rank());
-        if src >= n || src == r {
-            return Err(CollectiveError::InvalidArgument(format!("recv from rank {src}: it must be another rank of 0..{n}")));
-        }
-        self.p2p_ready()?;
+        check::peer("recv from", src, r, n)?;
+        self.core.ready()?;
         let start = Instant::now();
         let deadline = start + self.core.opts.timeout;
         let bytes = buf.as_bytes_mut();
@@ -584,16 +562,6 @@ impl Communicator for ShmComm {
 }
 
 impl ShmComm {
-    fn p2p_ready(&self) -> Result<()> {
-        if self.core.abort.is_aborted() {
-            return Err(CollectiveError::Aborted { group: self.core.name().into() });
-        }
-        if let Some(cause) = &self.core.broken {
-            return Err(CollectiveError::Broken { group: self.core.name().into(), cause: cause.clone() });
-        }
-        Ok(())
-    }
-
     fn p2p_fail(&mut self, op: &'static str, peer: usize, start: Instant, f: Fail) -> CollectiveError {
         let group = self.core.name().to_string();
         match f {
