@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use clap::ValueEnum;
 use flare::collectives::{init, Backend, CommunicatorExt, GroupOptions, ReduceOp, Store, TcpStore, TcpStoreServer};
 use serde::Serialize;
 
@@ -93,7 +94,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let child = Command::new(&exe)
             .args(["__collective-rank", "--store", &server.addr().to_string(), "--rank", &rank.to_string()])
             .args(["--world-size", &a.world_size.to_string(), "--backend", &a.backend.to_string()])
-            .args(["--op", a.op.name(), "--sizes", &sizes, "--iters", &a.iters.to_string(), "--warmup", &a.warmup.to_string()])
+            .args([
+                "--op",
+                a.op.to_possible_value().expect("every op has a name").get_name(),
+                "--sizes",
+                &sizes,
+                "--iters",
+                &a.iters.to_string(),
+                "--warmup",
+                &a.warmup.to_string(),
+            ])
             .stdout(if rank == 0 { Stdio::piped() } else { Stdio::null() })
             .stderr(Stdio::inherit())
             .spawn()
@@ -142,7 +152,7 @@ pub struct RankArgs {
     pub rank: usize,
     pub world_size: usize,
     pub backend: Backend,
-    pub op: String,
+    pub op: Op,
     pub sizes: Vec<usize>,
     pub iters: usize,
     pub warmup: usize,
@@ -150,13 +160,7 @@ pub struct RankArgs {
 
 /// One rank of the benchmark. Rank 0 prints one JSON row per size.
 pub fn rank(a: RankArgs) -> anyhow::Result<()> {
-    let op = match a.op.as_str() {
-        "all_reduce" => Op::AllReduce,
-        "all_gather" => Op::AllGather,
-        "reduce_scatter" => Op::ReduceScatter,
-        "broadcast" => Op::Broadcast,
-        o => bail!("unknown op {o}"),
-    };
+    let op = a.op;
     let store: Arc<dyn Store> = Arc::new(TcpStore::connect(a.store.as_str(), Duration::from_secs(30))?);
     let opts = GroupOptions::new("bench", a.rank, a.world_size).backend(a.backend).timeout(Duration::from_secs(120));
     #[cfg(feature = "nccl")]

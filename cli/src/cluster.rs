@@ -54,6 +54,71 @@ fn parse_resources(s: &Option<String>) -> anyhow::Result<Vec<(String, f64)>> {
     Ok(m.into_iter().collect())
 }
 
+/// This machine's resources as `flare start` offers them: flags, else what the machine has,
+/// with Ray's `accelerator_type` label and `accelerator_type:<type>` resource when it has GPUs.
+struct Machine {
+    num_cpus: f64,
+    num_gpus: f64,
+    /// Custom resources (and the accelerator one), without CPU and GPU.
+    resources: Vec<(String, f64)>,
+    labels: Vec<(String, String)>,
+}
+
+impl Machine {
+    fn of(a: &StartArgs) -> anyhow::Result<Machine> {
+        let num_cpus = a.num_cpus.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64);
+        let num_gpus = a.num_gpus.unwrap_or_else(|| flare::gpu::discover().gpus.len() as f64);
+        let mut resources = parse_resources(&a.resources)?;
+        let mut labels = parse_labels(&a.labels)?;
+        if let (true, Some(kind)) = (num_gpus > 0.0, flare::gpu::discover().accelerator_type()) {
+            if !labels.iter().any(|(k, _)| k == "accelerator_type") {
+                labels.push(("accelerator_type".into(), kind.clone()));
+            }
+            resources.push((format!("accelerator_type:{kind}"), 1.0));
+        }
+        Ok(Machine { num_cpus, num_gpus, resources, labels })
+    }
+}
+
+/// `--resources` and `--labels` as the hidden subcommands take them.
+fn resources_arg(r: &[(String, f64)]) -> anyhow::Result<String> {
+    Ok(serde_json::to_string(&r.iter().cloned().collect::<std::collections::BTreeMap<_, _>>())?)
+}
+fn labels_arg(l: &[(String, String)]) -> String {
+    l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+/// Starts `cmd` (this executable's hidden subcommand) detached in its own process group, with
+/// output in `dir/logs/<log>`, and waits until `ready` says it is up (at most 30 s).
+fn spawn_daemon(
+    mut cmd: std::process::Command,
+    dir: &Path,
+    log: &str,
+    what: &str,
+    mut ready: impl FnMut(&std::process::Child) -> anyhow::Result<bool>,
+) -> anyhow::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let log = dir.join("logs").join(log);
+    let out = std::fs::File::create(&log)?;
+    cmd.stdin(std::process::Stdio::null()).stdout(out.try_clone()?).stderr(out).process_group(0);
+    let mut child = cmd.spawn().with_context(|| format!("starting the {what}"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("the {what} exited at start ({status}):\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        if ready(&child)? {
+            return Ok(child);
+        }
+        if Instant::now() > deadline {
+            // SAFETY: our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            bail!("the {what} did not come up within 30 s; see {}", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Starts a head in the background and returns once it serves.
 pub fn start(a: StartArgs) -> anyhow::Result<()> {
     if !a.head {
@@ -75,70 +140,42 @@ pub fn start(a: StartArgs) -> anyhow::Result<()> {
         }
         let _ = std::fs::remove_file(dir.join("head.json"));
     }
-    let num_cpus = a.num_cpus.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64);
-    let num_gpus = a.num_gpus.unwrap_or_else(|| flare::gpu::discover().gpus.len() as f64);
-    let mut labels = parse_labels(&a.labels)?;
-    if let (true, Some(kind)) = (num_gpus > 0.0, flare::gpu::discover().accelerator_type()) {
-        if !labels.iter().any(|(k, _)| k == "accelerator_type") {
-            labels.push(("accelerator_type".into(), kind));
-        }
-    }
-    let resources = parse_resources(&a.resources)?;
-    let out = std::fs::File::create(dir.join("logs/head.out"))?;
+    let m = Machine::of(&a)?;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     cmd.arg("__head")
         .arg("--session-dir")
         .arg(&dir)
         .args(["--host", &a.host, "--dashboard-port", &a.dashboard_port.to_string(), "--grpc-port", &a.port.to_string()])
-        .args(["--num-cpus", &num_cpus.to_string(), "--num-gpus", &num_gpus.to_string()])
-        .args(["--resources", &serde_json::to_string(&resources.iter().cloned().collect::<std::collections::BTreeMap<_, _>>())?])
-        .args(["--labels", &labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")])
-        .stdin(std::process::Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out);
-    use std::os::unix::process::CommandExt;
-    cmd.process_group(0);
-    let mut child = cmd.spawn().context("starting the head process")?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait()? {
-            let log = std::fs::read_to_string(dir.join("logs/head.out")).unwrap_or_default();
-            bail!("the head exited at start ({status}):\n{log}");
+        .args(["--num-cpus", &m.num_cpus.to_string(), "--num-gpus", &m.num_gpus.to_string()])
+        .args(["--resources", &resources_arg(&m.resources)?, "--labels", &labels_arg(&m.labels)]);
+    let mut up = None;
+    spawn_daemon(cmd, &dir, "head.out", "head", |child| {
+        let Ok(info) = HeadInfo::read(&dir) else { return Ok(false) };
+        if info.pid != child.id() {
+            return Ok(false);
         }
-        if let Ok(info) = HeadInfo::read(&dir) {
-            if info.pid == child.id() {
-                let token = flare::head::read_token(&dir).map_err(anyhow::Error::msg)?;
-                let c = HeadClient::new(&info.dashboard_url, Some(token)).map_err(anyhow::Error::msg)?;
-                if c.get("/api/version").map(|r| r.status == 200).unwrap_or(false) {
-                    println!("Flare head started (pid {}).", info.pid);
-                    println!("  Jobs API and dashboard: {}", info.dashboard_url);
-                    println!("  Session: {}", dir.display());
-                    println!("  Token:   flare token{}", temp_dir_flag(&a.temp_dir));
-                    println!("Submit a job:");
-                    println!("  flare job submit{} -- echo hello", temp_dir_flag(&a.temp_dir));
-                    println!(
-                        "  RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(flare token{}) ray job submit --address {} -- echo hello",
-                        temp_dir_flag(&a.temp_dir),
-                        info.dashboard_url
-                    );
-                    println!("Join a worker node (from its machine):");
-                    println!(
-                        "  FLARE_TOKEN=$(flare token{}) flare start --address {}",
-                        temp_dir_flag(&a.temp_dir),
-                        info.grpc_address
-                    );
-                    println!("Stop it: flare stop{}", temp_dir_flag(&a.temp_dir));
-                    return Ok(());
-                }
-            }
-        }
-        if Instant::now() > deadline {
-            // SAFETY: our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-            bail!("the head did not come up within 30 s; see {}", dir.join("logs/head.out").display());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        let token = flare::head::read_token(&dir).map_err(anyhow::Error::msg)?;
+        let c = HeadClient::new(&info.dashboard_url, Some(token)).map_err(anyhow::Error::msg)?;
+        let serving = c.get("/api/version").map(|r| r.status == 200).unwrap_or(false);
+        up = serving.then_some(info);
+        Ok(serving)
+    })?;
+    let info = up.expect("ready only once the head serves");
+    let t = temp_dir_flag(&a.temp_dir);
+    println!("Flare head started (pid {}).", info.pid);
+    println!("  Jobs API and dashboard: {}", info.dashboard_url);
+    println!("  Session: {}", dir.display());
+    println!("  Token:   flare token{t}");
+    println!("Submit a job:");
+    println!("  flare job submit{t} -- echo hello");
+    println!(
+        "  RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(flare token{t}) ray job submit --address {} -- echo hello",
+        info.dashboard_url
+    );
+    println!("Join a worker node (from its machine):");
+    println!("  FLARE_TOKEN=$(flare token{t}) flare start --address {}", info.grpc_address);
+    println!("Stop it: flare stop{t}");
+    Ok(())
 }
 
 /// Starts a node agent that joins the head at `head` (its gRPC address).
@@ -158,53 +195,25 @@ fn start_node(a: StartArgs, head: &str) -> anyhow::Result<()> {
         .or_else(|| flare::head::read_token(&dir).ok())
         .context("joining a head needs its token: set FLARE_TOKEN=$(flare token) (run `flare token` where the head runs)")?;
     let head = head.trim_start_matches("http://").to_string();
-    let num_cpus = a.num_cpus.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64);
-    let num_gpus = a.num_gpus.unwrap_or_else(|| flare::gpu::discover().gpus.len() as f64);
-    let mut resources = parse_resources(&a.resources)?;
-    resources.push(("CPU".into(), num_cpus));
-    resources.push(("GPU".into(), num_gpus));
-    let mut labels = parse_labels(&a.labels)?;
-    if let (true, Some(kind)) = (num_gpus > 0.0, flare::gpu::discover().accelerator_type()) {
-        labels.push(("accelerator_type".into(), kind.clone()));
-        resources.push((format!("accelerator_type:{kind}"), 1.0));
-    }
+    let m = Machine::of(&a)?;
+    let mut resources = m.resources.clone();
+    resources.push(("CPU".into(), m.num_cpus));
+    resources.push(("GPU".into(), m.num_gpus));
     let node_id = a.node_id.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
-    let out = std::fs::File::create(dir.join("logs/node.out"))?;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     cmd.arg("__node")
         .args(["--head", &head, "--node-id", &node_id, "--address", &a.host])
         .arg("--session-dir")
         .arg(&dir)
-        .args(["--resources", &serde_json::to_string(&resources.iter().cloned().collect::<std::collections::BTreeMap<_, _>>())?])
-        .args(["--labels", &labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")])
-        .env("FLARE_TOKEN", &token)
-        .stdin(std::process::Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out);
-    use std::os::unix::process::CommandExt;
-    cmd.process_group(0);
-    let mut child = cmd.spawn().context("starting the node agent")?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait()? {
-            let log = std::fs::read_to_string(dir.join("logs/node.out")).unwrap_or_default();
-            bail!("the node agent exited ({status}):\n{log}");
-        }
-        if dir.join("node.json").exists() {
-            println!("Node '{node_id}' (pid {}) joined the head at {head}.", child.id());
-            println!("Stop it: flare stop{}", temp_dir_flag(&a.temp_dir));
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            // SAFETY: our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-            bail!("the node agent could not register with {head} within 30 s; see {}", dir.join("logs/node.out").display());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        .args(["--resources", &resources_arg(&resources)?, "--labels", &labels_arg(&m.labels)])
+        .env("FLARE_TOKEN", &token);
+    let child = spawn_daemon(cmd, &dir, "node.out", "node agent", |_| Ok(dir.join("node.json").exists()))?;
+    println!("Node '{node_id}' (pid {}) joined the head at {head}.", child.id());
+    println!("Stop it: flare stop{}", temp_dir_flag(&a.temp_dir));
+    Ok(())
 }
 
 pub struct NodeArgs {

@@ -145,8 +145,8 @@ enum Command {
         world_size: usize,
         #[arg(long)]
         backend: String,
-        #[arg(long)]
-        op: String,
+        #[arg(long, value_enum)]
+        op: bench_collectives::Op,
         #[arg(long)]
         sizes: String,
         #[arg(long)]

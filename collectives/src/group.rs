@@ -142,12 +142,17 @@ impl AbortHandle {
     /// and breaks this rank's connections so that its peers fail at once instead of at their deadline.
     pub fn abort(&self) {
         self.flag.store(true, Ordering::SeqCst);
+        self.shutdown_sockets();
+        for hook in self.hooks.lock().unwrap().iter() {
+            hook();
+        }
+    }
+
+    /// Breaks this rank's connections so that peers blocked on it fail now.
+    pub(crate) fn shutdown_sockets(&self) {
         for fd in self.fds.lock().unwrap().iter() {
             // SAFETY: shutdown on a socket we own; a closed fd gives EBADF, which is harmless.
             unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
-        }
-        for hook in self.hooks.lock().unwrap().iter() {
-            hook();
         }
     }
 
@@ -308,10 +313,7 @@ impl GroupCore {
         if !matches!(err, CollectiveError::Aborted { .. }) {
             self.broken = Some(err.to_string());
             // Peers blocked on us fail now rather than at their own deadline.
-            for fd in self.abort.fds.lock().unwrap().iter() {
-                // SAFETY: shutdown of a socket this group owns.
-                unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
-            }
+            self.abort.shutdown_sockets();
         }
         err
     }
@@ -326,3 +328,52 @@ impl Drop for GroupCore {
         }
     }
 }
+
+/// The collectives' wire codes, shared by the backends' mismatch checks.
+pub(crate) mod op {
+    pub const ALL_REDUCE: u8 = 1;
+    pub const BROADCAST: u8 = 2;
+    pub const ALL_GATHER: u8 = 3;
+    pub const REDUCE_SCATTER: u8 = 4;
+    pub const BARRIER: u8 = 5;
+    pub const P2P: u8 = 6;
+
+    /// `all_reduce #3 of 10 float (sum)`: how mismatch errors name a rank's call. `arg` is the
+    /// reduce op's code, or the root of a broadcast.
+    pub fn describe(op: u8, seq: u64, count: u64, dtype: u8, arg: u64) -> String {
+        let name = ["?", "all_reduce", "broadcast", "all_gather", "reduce_scatter", "barrier", "send/recv"]
+            .get(op as usize)
+            .copied()
+            .unwrap_or("unknown collective");
+        let dtype = crate::DType::from_u8(dtype).map(|d| d.name()).unwrap_or("?");
+        let mut s = format!("{name} #{seq} of {count} {dtype}");
+        if op == BROADCAST {
+            s += &format!(" from root {arg}");
+        } else if let Some(r) = crate::ReduceOp::from_u8(arg as u8) {
+            s += &format!(" ({})", r.name());
+        }
+        s
+    }
+}
+
+/// The `Communicator` methods every backend answers from its `GroupCore`.
+macro_rules! group_accessors {
+    ($backend:expr) => {
+        fn rank(&self) -> usize {
+            self.core.rank()
+        }
+        fn world_size(&self) -> usize {
+            self.core.world()
+        }
+        fn backend(&self) -> $crate::Backend {
+            $backend
+        }
+        fn group_name(&self) -> &str {
+            self.core.name()
+        }
+        fn abort_handle(&self) -> $crate::AbortHandle {
+            self.core.abort.clone()
+        }
+    };
+}
+pub(crate) use group_accessors;

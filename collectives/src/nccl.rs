@@ -17,9 +17,9 @@ use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr, ValidAsZero
 use cudarc::nccl::{Comm, Id, NcclType, ReduceOp as NReduce};
 
 use crate::check;
-use crate::group::GroupCore;
+use crate::group::{group_accessors, GroupCore};
 use crate::ring::Fail;
-use crate::{AbortHandle, Backend, Buf, BufMut, CollectiveError, Communicator, DType, GroupOptions, ReduceOp, Result, Store};
+use crate::{Backend, Buf, BufMut, CollectiveError, Communicator, DType, GroupOptions, ReduceOp, Result, Store};
 
 fn nccl_op(op: ReduceOp) -> NReduce {
     match op {
@@ -233,21 +233,7 @@ macro_rules! nccl_dtype {
 }
 
 impl Communicator for NcclComm {
-    fn rank(&self) -> usize {
-        self.core.rank()
-    }
-    fn world_size(&self) -> usize {
-        self.core.world()
-    }
-    fn backend(&self) -> Backend {
-        Backend::Nccl
-    }
-    fn group_name(&self) -> &str {
-        self.core.name()
-    }
-    fn abort_handle(&self) -> AbortHandle {
-        self.core.abort.clone()
-    }
+    group_accessors!(Backend::Nccl);
 
     fn all_reduce(&mut self, mut buf: BufMut<'_>, op: ReduceOp) -> Result<()> {
         fn go<T: NcclType + DeviceRepr + ValidAsZeroBits + Copy>(c: &mut NcclComm, b: &mut [u8], op: ReduceOp) -> Result<()> {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::check;
 use crate::dtype::{chunk_range, finish_mean_bytes, reduce_bytes};
-use crate::group::GroupCore;
+use crate::group::{group_accessors, op, GroupCore};
 use crate::{AbortHandle, Backend, Buf, BufMut, CollectiveError, Communicator, DType, GroupOptions, ReduceOp, Result, Store};
 
 /// Why a transfer stopped.
@@ -70,26 +70,10 @@ impl Header {
         })
     }
     fn describe(&self) -> String {
-        let op = OPS.get(self.op as usize).copied().unwrap_or("unknown collective");
-        let dtype = DType::from_u8(self.dtype).map(|d| d.name()).unwrap_or("?");
-        let mut s = format!("{op} #{} of {} {dtype}", self.seq, self.count);
-        if let Some(r) = ReduceOp::from_u8(self.reduce) {
-            s += &format!(" ({})", r.name());
-        }
-        if self.op == OP_BROADCAST {
-            s += &format!(" from root {}", self.extra);
-        }
-        s
+        let arg = if self.op == op::BROADCAST { self.extra } else { self.reduce as u64 };
+        op::describe(self.op, self.seq, self.count, self.dtype, arg)
     }
 }
-
-const OPS: [&str; 7] = ["?", "all_reduce", "broadcast", "all_gather", "reduce_scatter", "barrier", "send/recv"];
-const OP_ALL_REDUCE: u8 = 1;
-const OP_BROADCAST: u8 = 2;
-const OP_ALL_GATHER: u8 = 3;
-const OP_REDUCE_SCATTER: u8 = 4;
-const OP_BARRIER: u8 = 5;
-const OP_P2P: u8 = 6;
 
 /// Checks the header a peer sent: `(bytes, peer)`.
 type HeaderCheck<'a> = &'a mut dyn FnMut(&[u8], usize) -> std::result::Result<(), String>;
@@ -316,6 +300,25 @@ pub(crate) fn fnv(b: &[u8]) -> u64 {
     b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| (h ^ *x as u64).wrapping_mul(0x100_0000_01b3))
 }
 
+/// What a non-blocking `send`/`recv` returned.
+enum Io {
+    Done(usize),
+    WouldBlock,
+    Interrupted,
+}
+
+fn syscall(n: isize, peer: usize) -> std::result::Result<Io, Fail> {
+    if n >= 0 {
+        return Ok(Io::Done(n as usize));
+    }
+    let e = std::io::Error::last_os_error();
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock => Ok(Io::WouldBlock),
+        std::io::ErrorKind::Interrupted => Ok(Io::Interrupted),
+        _ => Err(Fail::Peer { peer, detail: e.to_string() }),
+    }
+}
+
 /// Moves `sends` to one peer and `recvs` from another (possibly the same socket) until both
 /// are done, the deadline passes, or the group is aborted.
 #[allow(clippy::too_many_arguments)]
@@ -333,7 +336,6 @@ fn transfer(
     let (mut ri, mut roff, mut rdone, mut base) = (0usize, 0usize, 0usize, 0usize);
     let sends_total = if send.is_some() { sends.len() } else { 0 };
     let recvs_total = if recv.is_some() { recvs.len() } else { 0 };
-    let peer_fail = |peer: usize, e: std::io::Error| Fail::Peer { peer, detail: e.to_string() };
     loop {
         if abort.is_aborted() {
             return Err(Fail::Aborted);
@@ -361,17 +363,12 @@ fn transfer(
                 }
                 // SAFETY: `soff..ready` lies inside the item's live buffer.
                 let n = unsafe { libc::send(fd, it.data.add(soff) as *const libc::c_void, ready - soff, libc::MSG_NOSIGNAL) };
-                if n < 0 {
-                    let e = std::io::Error::last_os_error();
-                    if e.kind() == std::io::ErrorKind::WouldBlock {
-                        break;
-                    }
-                    if e.kind() == std::io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    return Err(peer_fail(peer, e));
-                }
-                soff += n as usize;
+                let n = match syscall(n, peer)? {
+                    Io::Done(n) => n,
+                    Io::WouldBlock => break,
+                    Io::Interrupted => continue,
+                };
+                soff += n;
                 progressed = true;
             }
         }
@@ -402,20 +399,13 @@ fn transfer(
                 };
                 // SAFETY: `ptr..ptr+want` lies inside the destination (item buffer or staging).
                 let n = unsafe { libc::recv(fd, ptr as *mut libc::c_void, want, 0) };
-                if n < 0 {
-                    let e = std::io::Error::last_os_error();
-                    if e.kind() == std::io::ErrorKind::WouldBlock {
-                        break;
-                    }
-                    if e.kind() == std::io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    return Err(peer_fail(peer, e));
-                }
-                if n == 0 {
-                    return Err(Fail::Peer { peer, detail: "connection closed".into() });
-                }
-                roff += n as usize;
+                let n = match syscall(n, peer)? {
+                    Io::Done(0) => return Err(Fail::Peer { peer, detail: "connection closed".into() }),
+                    Io::Done(n) => n,
+                    Io::WouldBlock => break,
+                    Io::Interrupted => continue,
+                };
+                roff += n;
                 progressed = true;
                 match it.mode {
                     Mode::Copy => rdone = roff,
@@ -484,21 +474,7 @@ fn transfer(
 }
 
 impl Communicator for RingComm {
-    fn rank(&self) -> usize {
-        self.core.rank()
-    }
-    fn world_size(&self) -> usize {
-        self.core.world()
-    }
-    fn backend(&self) -> Backend {
-        Backend::Ring
-    }
-    fn group_name(&self) -> &str {
-        self.core.name()
-    }
-    fn abort_handle(&self) -> AbortHandle {
-        self.core.abort.clone()
-    }
+    group_accessors!(Backend::Ring);
 
     fn all_reduce(&mut self, mut buf: BufMut<'_>, op: ReduceOp) -> Result<()> {
         let seq = self.core.enter()?;
@@ -506,7 +482,7 @@ impl Communicator for RingComm {
         let n = self.core.world();
         let (dtype, count) = (buf.dtype(), buf.len());
         if n > 1 {
-            let h = self.header(OP_ALL_REDUCE, dtype, Some(op), seq, count, 0);
+            let h = self.header(op::ALL_REDUCE, dtype, Some(op), seq, count, 0);
             let out = h.encode();
             let mut inn = [0u8; 32];
             let (sends, recvs) =
@@ -529,7 +505,7 @@ impl Communicator for RingComm {
             return Ok(());
         }
         let (dtype, count) = (buf.dtype(), buf.len());
-        let h = self.header(OP_BROADCAST, dtype, None, seq, count, root as u64);
+        let h = self.header(op::BROADCAST, dtype, None, seq, count, root as u64);
         let out = h.encode();
         let mut inn = [0u8; 32];
         let pos = (self.core.rank() + n - root) % n;
@@ -563,7 +539,7 @@ impl Communicator for RingComm {
         if n == 1 {
             return Ok(());
         }
-        let h = self.header(OP_ALL_GATHER, dtype, None, seq, input.len(), 0);
+        let h = self.header(op::ALL_GATHER, dtype, None, seq, input.len(), 0);
         let out = h.encode();
         let mut inn = [0u8; 32];
         // The gather phase alone, starting from this rank's own segment: step k sends r-k.
@@ -587,7 +563,7 @@ impl Communicator for RingComm {
         let work = &mut bytes_of_mut(&mut scratch)[..input.as_bytes().len()];
         work.copy_from_slice(input.as_bytes());
         let res = if n > 1 {
-            let h = self.header(OP_REDUCE_SCATTER, dtype, Some(op), seq, count, 0);
+            let h = self.header(op::REDUCE_SCATTER, dtype, Some(op), seq, count, 0);
             let out = h.encode();
             let mut inn = [0u8; 32];
             // Shift so that rank r owns segment r after the reduce-scatter.
@@ -615,7 +591,7 @@ impl Communicator for RingComm {
         }
         // A one-element all-reduce: nobody leaves before everybody has arrived.
         let mut token = [0i64; 1];
-        let h = self.header(OP_BARRIER, DType::I64, Some(ReduceOp::Sum), seq, 1, 0);
+        let h = self.header(op::BARRIER, DType::I64, Some(ReduceOp::Sum), seq, 1, 0);
         let out = h.encode();
         let mut inn = [0u8; 32];
         let (sends, recvs) =
@@ -629,7 +605,7 @@ impl Communicator for RingComm {
         check::peer("send to", dst, self.core.rank(), n)?;
         self.core.ready()?;
         let start = Instant::now();
-        let h = self.header(OP_P2P, buf.dtype(), None, 0, buf.len(), 0);
+        let h = self.header(op::P2P, buf.dtype(), None, 0, buf.len(), 0);
         let out = h.encode();
         let sends = vec![
             SendItem { data: out.as_ptr(), len: 32, dep: None },
@@ -643,7 +619,7 @@ impl Communicator for RingComm {
         check::peer("recv from", src, self.core.rank(), n)?;
         self.core.ready()?;
         let start = Instant::now();
-        let h = self.header(OP_P2P, buf.dtype(), None, 0, buf.len(), 0);
+        let h = self.header(op::P2P, buf.dtype(), None, 0, buf.len(), 0);
         let mut inn = [0u8; 32];
         let bytes = buf.as_bytes_mut();
         let recvs = vec![

@@ -20,9 +20,9 @@ use memmap2::MmapMut;
 
 use crate::check;
 use crate::dtype::{chunk_range, finish_mean_bytes, reduce_bytes};
-use crate::group::GroupCore;
+use crate::group::{group_accessors, op, GroupCore};
 use crate::ring::{fnv, Fail};
-use crate::{AbortHandle, Backend, Buf, BufMut, CollectiveError, Communicator, DType, GroupOptions, ReduceOp, Result, Store};
+use crate::{Backend, Buf, BufMut, CollectiveError, Communicator, DType, GroupOptions, ReduceOp, Result, Store};
 
 const MAGIC: u64 = 0x464c_4152_4553_484d; // "FLARESHM"
 /// Bytes per rank per buffer set: one chunk of a collective.
@@ -30,12 +30,6 @@ const SLOT_BYTES: usize = 1 << 20;
 /// Bytes per mailbox (one per ordered pair of ranks).
 const MAILBOX_BYTES: usize = 256 << 10;
 const LINE: usize = 64;
-
-const OP_ALL_REDUCE: u64 = 1;
-const OP_BROADCAST: u64 = 2;
-const OP_ALL_GATHER: u64 = 3;
-const OP_REDUCE_SCATTER: u64 = 4;
-const OP_BARRIER: u64 = 5;
 
 struct Layout {
     n: usize,
@@ -146,7 +140,7 @@ impl ShmComm {
         let mut comm = ShmComm { core, map, layout, bseq: 0, parity: 0 };
         // Everyone has mapped the file once this barrier passes; then the name can go.
         let start = Instant::now();
-        let res = comm.barrier_wait(start, 0);
+        let res = comm.barrier_wait(start);
         if rank == 0 {
             let _ = std::fs::remove_file(&path);
         }
@@ -239,7 +233,7 @@ impl ShmComm {
     }
 
     /// A barrier over the shared arrival counters.
-    fn barrier_wait(&mut self, start: Instant, _seq: u64) -> std::result::Result<(), Fail> {
+    fn barrier_wait(&mut self, start: Instant) -> std::result::Result<(), Fail> {
         self.bseq += 1;
         let b = self.bseq;
         let (r, n) = (self.core.rank(), self.core.world());
@@ -273,19 +267,19 @@ impl ShmComm {
     /// entered the same collective.
     fn enter_checked(
         &mut self,
-        op: u64,
+        code: u8,
         dtype: DType,
         count: usize,
         extra: u64,
         start: Instant,
     ) -> std::result::Result<(), Fail> {
         let r = self.core.rank();
-        let d = [op, dtype as u64, count as u64, extra | (self.core.seq << 16)];
+        let d = [code as u64, dtype as u64, count as u64, extra | (self.core.seq << 16)];
         let seq = self.core.seq;
         for (i, v) in d.iter().enumerate() {
             self.desc(r, seq, i).store(*v, Ordering::SeqCst);
         }
-        self.barrier_wait(start, self.core.seq)?;
+        self.barrier_wait(start)?;
         for q in 0..self.core.world() {
             let theirs: Vec<u64> = (0..4).map(|i| self.desc(q, seq, i).load(Ordering::SeqCst)).collect();
             if theirs != d {
@@ -307,7 +301,7 @@ impl ShmComm {
     fn all_reduce_inner(&mut self, buf: &mut [u8], dtype: DType, op: ReduceOp, start: Instant) -> std::result::Result<(), Fail> {
         let (r, n, es) = (self.core.rank(), self.core.world(), dtype.size());
         let count = buf.len() / es;
-        self.enter_checked(OP_ALL_REDUCE, dtype, count, op as u64, start)?;
+        self.enter_checked(op::ALL_REDUCE, dtype, count, op as u64, start)?;
         let per = SLOT_BYTES / es;
         let mut off = 0;
         while off < count {
@@ -316,7 +310,7 @@ impl ShmComm {
             let bytes = &mut buf[off * es..(off + l) * es];
             // SAFETY: our own slot; no other rank reads it until the barrier below.
             unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.slot(set, r), bytes.len()) };
-            self.barrier_wait(start, 0)?;
+            self.barrier_wait(start)?;
             let mine = chunk_range(l, n, r);
             let (a, b) = (mine.start * es, mine.end * es);
             // SAFETY: part `r` of our slot is written only by us; other ranks read only their own parts of it.
@@ -329,7 +323,7 @@ impl ShmComm {
             if op == ReduceOp::Mean {
                 finish_mean_bytes(dtype, acc, n);
             }
-            self.barrier_wait(start, 0)?;
+            self.barrier_wait(start)?;
             for q in 0..n {
                 let part = chunk_range(l, n, q);
                 let (a, b) = (part.start * es, part.end * es);
@@ -343,10 +337,7 @@ impl ShmComm {
 }
 
 fn describe(d: &[u64; 4]) -> String {
-    let op =
-        ["?", "all_reduce", "broadcast", "all_gather", "reduce_scatter", "barrier"].get(d[0] as usize).copied().unwrap_or("?");
-    let dtype = DType::from_u8(d[1] as u8).map(|t| t.name()).unwrap_or("?");
-    format!("{op} #{} of {} {dtype} (arg {})", d[3] >> 16, d[2], d[3] & 0xffff)
+    op::describe(d[0] as u8, d[3] >> 16, d[2], d[1] as u8, d[3] & 0xffff)
 }
 
 fn word(map: &MmapMut, at: usize) -> &AtomicU32 {
@@ -359,21 +350,7 @@ fn word64(map: &MmapMut, at: usize) -> &AtomicU64 {
 }
 
 impl Communicator for ShmComm {
-    fn rank(&self) -> usize {
-        self.core.rank()
-    }
-    fn world_size(&self) -> usize {
-        self.core.world()
-    }
-    fn backend(&self) -> Backend {
-        Backend::Shm
-    }
-    fn group_name(&self) -> &str {
-        self.core.name()
-    }
-    fn abort_handle(&self) -> AbortHandle {
-        self.core.abort.clone()
-    }
+    group_accessors!(Backend::Shm);
 
     fn all_reduce(&mut self, mut buf: BufMut<'_>, op: ReduceOp) -> Result<()> {
         let seq = self.core.enter()?;
@@ -396,14 +373,14 @@ impl Communicator for ShmComm {
         let (dtype, r) = (buf.dtype(), self.core.rank());
         let bytes = buf.as_bytes_mut();
         let res = (|| {
-            self.enter_checked(OP_BROADCAST, dtype, bytes.len() / dtype.size(), root as u64, start)?;
+            self.enter_checked(op::BROADCAST, dtype, bytes.len() / dtype.size(), root as u64, start)?;
             for chunk in bytes.chunks_mut(SLOT_BYTES) {
                 let set = self.next_set();
                 if r == root {
                     // SAFETY: the root's slot; readers wait for the barrier.
                     unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), self.slot(set, root), chunk.len()) };
                 }
-                self.barrier_wait(start, 0)?;
+                self.barrier_wait(start)?;
                 if r != root {
                     // SAFETY: final since the barrier; rewritten only two chunks on.
                     unsafe { std::ptr::copy_nonoverlapping(self.slot(set, root), chunk.as_mut_ptr(), chunk.len()) };
@@ -427,14 +404,14 @@ impl Communicator for ShmComm {
             return Ok(());
         }
         let res = (|| {
-            self.enter_checked(OP_ALL_GATHER, dtype, input.len(), 0, start)?;
+            self.enter_checked(op::ALL_GATHER, dtype, input.len(), 0, start)?;
             let mut off = 0;
             while off < inb.len() {
                 let l = SLOT_BYTES.min(inb.len() - off);
                 let set = self.next_set();
                 // SAFETY: our slot; readers wait for the barrier.
                 unsafe { std::ptr::copy_nonoverlapping(inb.as_ptr().add(off), self.slot(set, r), l) };
-                self.barrier_wait(start, 0)?;
+                self.barrier_wait(start)?;
                 for q in 0..n {
                     let at = q * inb.len() + off;
                     // SAFETY: final since the barrier.
@@ -461,7 +438,7 @@ impl Communicator for ShmComm {
             return Ok(());
         }
         let res = (|| {
-            self.enter_checked(OP_REDUCE_SCATTER, dtype, input.len(), op as u64, start)?;
+            self.enter_checked(op::REDUCE_SCATTER, dtype, input.len(), op as u64, start)?;
             let (a, b) = (own.start * es, own.end * es);
             let mut off = 0;
             while off < inb.len() {
@@ -469,7 +446,7 @@ impl Communicator for ShmComm {
                 let set = self.next_set();
                 // SAFETY: our slot; readers wait for the barrier.
                 unsafe { std::ptr::copy_nonoverlapping(inb.as_ptr().add(off), self.slot(set, r), l) };
-                self.barrier_wait(start, 0)?;
+                self.barrier_wait(start)?;
                 // The part of this window that is ours.
                 let (lo, hi) = (a.max(off), b.min(off + l));
                 if lo < hi {
@@ -498,7 +475,7 @@ impl Communicator for ShmComm {
         if self.core.world() == 1 {
             return Ok(());
         }
-        self.enter_checked(OP_BARRIER, DType::I64, 0, 0, start).map_err(|f| self.fail("barrier", seq, start, f))
+        self.enter_checked(op::BARRIER, DType::I64, 0, 0, start).map_err(|f| self.fail("barrier", seq, start, f))
     }
 
     fn send(&mut self, buf: Buf<'_>, dst: usize) -> Result<()> {

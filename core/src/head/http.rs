@@ -288,8 +288,9 @@ async fn cluster_status(State(s): S) -> Json<serde_json::Value> {
 async fn metrics(State(s): S) -> impl IntoResponse {
     let mut out = String::new();
     out += "# HELP flare_jobs Jobs by status.\n# TYPE flare_jobs gauge\n";
+    let counts = s.jobs.counts();
     for status in ["PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED"] {
-        out += &format!("flare_jobs{{status=\"{status}\"}} {}\n", s.jobs.counts().get(status).copied().unwrap_or(0));
+        out += &format!("flare_jobs{{status=\"{status}\"}} {}\n", counts.get(status).copied().unwrap_or(0));
     }
     out += "# HELP flare_node_resource_total Resources of each node.\n# TYPE flare_node_resource_total gauge\n";
     let nodes = s.node_list();

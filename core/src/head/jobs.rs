@@ -100,11 +100,10 @@ fn valid_id(id: &str) -> bool {
         && !id.starts_with('.')
 }
 
-fn random_id() -> String {
-    let mut b = [0u8; 16];
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+fn random_id() -> Result<String, String> {
+    let b: [u8; 16] = super::random_bytes()?;
     const A: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    b.iter().map(|x| A[*x as usize % A.len()] as char).collect()
+    Ok(b.iter().map(|x| A[*x as usize % A.len()] as char).collect())
 }
 
 /// Ray keeps the last 20,000 characters of a failed job's log in its message.
@@ -146,10 +145,6 @@ impl Jobs {
             session: opts.session_dir.clone(),
             total,
         })
-    }
-
-    fn db(&self) -> &Db {
-        &self.db
     }
 
     fn save(db: &Db, j: &JobInfo) {
@@ -209,7 +204,10 @@ impl Jobs {
         if r.entrypoint_label_selector.as_ref().is_some_and(|s| !s.is_empty()) {
             return Err(ApiError(400, "entrypoint_label_selector is not supported by this head yet".into()));
         }
-        let id = r.submission_id.clone().or(r.job_id.clone()).unwrap_or_else(|| format!("raysubmit_{}", random_id()));
+        let id = match r.submission_id.clone().or(r.job_id.clone()) {
+            Some(id) => id,
+            None => format!("raysubmit_{}", random_id().map_err(|e| ApiError(500, e))?),
+        };
         if !valid_id(&id) {
             return Err(ApiError(400, format!("submission_id `{id}` must be 1-128 letters, digits, `_`, `-` or `.`")));
         }
@@ -264,12 +262,11 @@ impl Jobs {
             g.jobs.insert(id.clone(), job.clone());
         }
         Self::save(&self.db, &job);
-        let (inner, db, log) = (self.inner.clone(), self.db.clone(), self.log_path(&id));
-        let (session, id2) = (self.session.clone(), id.clone());
-        let total = self.total.clone();
+        let launch = Launch { id: id.clone(), entrypoint: r.entrypoint, log: self.log_path(&id), working_dir, env_vars, demand };
+        let (inner, db, session, total) = (self.inner.clone(), self.db.clone(), self.session.clone(), self.total.clone());
         std::thread::Builder::new()
             .name(format!("flare-job-{id}"))
-            .spawn(move || supervise(inner, db, id2, session, log, working_dir, env_vars, demand, total))
+            .spawn(move || supervise(inner, db, session, total, launch))
             .map_err(|e| ApiError(500, e.to_string()))?;
         Ok(id)
     }
@@ -331,7 +328,7 @@ impl Jobs {
         g.jobs.remove(id);
         drop(g);
         let _ = std::fs::remove_dir_all(self.session.join("jobs").join(id));
-        self.db().delete_job(id).map_err(|e| ApiError(500, e))
+        self.db.delete_job(id).map_err(|e| ApiError(500, e))
     }
 
     /// Stops every running job (the head is shutting down) and waits briefly for them.
@@ -414,18 +411,20 @@ fn unpack(zip_path: &Path, into: &Path) -> Result<(), String> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn supervise(
-    inner: Arc<(Mutex<Inner>, Condvar)>,
-    db: Arc<Db>,
+/// What one job's supervisor starts.
+struct Launch {
     id: String,
-    session: PathBuf,
+    entrypoint: String,
     log: PathBuf,
+    /// The uploaded package to unpack as the working dir.
     working_dir: Option<PathBuf>,
     env_vars: Vec<(String, String)>,
+    /// The entrypoint's resources, reserved while it runs.
     demand: HashMap<String, f64>,
-    total: HashMap<String, f64>,
-) {
+}
+
+fn supervise(inner: Arc<(Mutex<Inner>, Condvar)>, db: Arc<Db>, session: PathBuf, total: HashMap<String, f64>, launch: Launch) {
+    let Launch { id, entrypoint, log, working_dir, env_vars, demand } = launch;
     let update = |f: &mut dyn FnMut(&mut JobInfo)| {
         let mut g = inner.0.lock().unwrap();
         if let Some(j) = g.jobs.get_mut(&id) {
@@ -499,7 +498,7 @@ fn supervise(
     let head_url = super::HeadInfo::read(&session).map(|h| h.dashboard_url).unwrap_or_default();
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
-        .arg(inner.0.lock().unwrap().jobs.get(&id).map(|j| j.entrypoint.clone()).unwrap_or_default())
+        .arg(&entrypoint)
         .current_dir(&cwd)
         .stdin(Stdio::null())
         .stdout(out)

@@ -71,6 +71,16 @@ pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// `N` bytes from the kernel's random source (tokens and submission ids).
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], String> {
+    use std::io::Read;
+    let mut b = [0u8; N];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .map_err(|e| format!("reading /dev/urandom: {e}"))?;
+    Ok(b)
+}
+
 /// The cluster token of a session directory: read if it exists, else made from 32 random
 /// bytes and written readable by its owner only.
 pub fn ensure_token(session_dir: &Path) -> Result<String, String> {
@@ -81,11 +91,7 @@ pub fn ensure_token(session_dir: &Path) -> Result<String, String> {
             return Ok(t);
         }
     }
-    let mut b = [0u8; 32];
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .map_err(|e| format!("reading /dev/urandom: {e}"))?;
+    let b: [u8; 32] = random_bytes()?;
     let token: String = b.iter().map(|x| format!("{x:02x}")).collect();
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
