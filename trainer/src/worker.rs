@@ -1,0 +1,219 @@
+//! The rank actor: one per bundle of the trainer's placement group. `start` runs the train
+//! loop on a thread of the actor's process; the driver collects what it reports with `poll`.
+
+use crate::context::{Event, TrainContext, TrainLoop};
+use flare_collectives::{AsyncCommunicator, Backend, GroupOptions, TcpStore};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A train loop named across processes of one executable: its code's offset from an anchor
+/// function (both lie in the same image, so the offset is the same in every process of it),
+/// and its first code bytes, checked before the call.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[doc(hidden)]
+pub struct LoopRef {
+    offset: i64,
+    fingerprint: u64,
+}
+
+#[inline(never)]
+fn anchor() -> u64 {
+    std::hint::black_box(0x5eed)
+}
+
+fn code_bytes(addr: usize) -> u64 {
+    // Safety: `addr` is the address of a function of this executable: its text is mapped and
+    // readable, and a function's first eight bytes lie within the text segment.
+    unsafe { std::ptr::read_unaligned(addr as *const u64) }
+}
+
+impl LoopRef {
+    pub(crate) fn of(f: TrainLoop) -> Self {
+        let addr = f as usize;
+        LoopRef { offset: addr as i64 - anchor as fn() -> u64 as usize as i64, fingerprint: code_bytes(addr) }
+    }
+
+    fn resolve(self) -> Result<TrainLoop, String> {
+        let addr = (anchor as fn() -> u64 as usize as i64 + self.offset) as usize;
+        if code_bytes(addr) != self.fingerprint {
+            return Err("the train loop is not at the same place in this worker's executable: workers must run the driver's \
+                        own executable (a different build?)"
+                .into());
+        }
+        // Safety: the address is the driver's `TrainLoop` in this same executable image (the
+        // fingerprint matched), so it is a function of exactly that type.
+        Ok(unsafe { std::mem::transmute::<usize, TrainLoop>(addr) })
+    }
+}
+
+/// Where a rank runs, for computing local ranks.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[doc(hidden)]
+pub struct Placement {
+    pub node: String,
+    pub pid: u32,
+    pub gpu_ids: Vec<u32>,
+}
+
+/// Everything a rank needs to join the run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[doc(hidden)]
+pub struct Setup {
+    pub train_loop: LoopRef,
+    pub rank: usize,
+    pub world_size: usize,
+    pub local_rank: usize,
+    pub local_world_size: usize,
+    pub node_rank: usize,
+    pub group: String,
+    pub generation: u64,
+    pub store: String,
+    pub backend: String,
+    pub timeout_ms: u64,
+    pub use_gpu: bool,
+    pub config: String,
+    pub checkpoint: Option<PathBuf>,
+    pub iteration: u64,
+    pub run_dir: PathBuf,
+    pub attempt: usize,
+    pub bucket_bytes: usize,
+}
+
+pub(crate) fn node_key() -> String {
+    if let Ok(n) = std::env::var("FLARE_NODE_ID") {
+        return n;
+    }
+    let mut buf = [0u8; 256];
+    // Safety: gethostname writes at most buf.len() bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+pub(crate) fn parse_backend(s: &str) -> Result<Backend, String> {
+    match s {
+        "ring" => Ok(Backend::Ring),
+        "shm" => Ok(Backend::Shm),
+        "nccl" => Ok(Backend::Nccl),
+        other => Err(format!("unknown backend `{other}`: use ring, shm or nccl")),
+    }
+}
+
+/// A rank of a [`crate::Trainer`].
+pub struct TrainWorker {
+    events: Mutex<Option<Receiver<Event>>>,
+}
+
+fn run_rank(s: Setup, tx: std::sync::mpsc::Sender<Event>) -> Result<(), String> {
+    let train_loop = s.train_loop.resolve()?;
+    let backend = parse_backend(&s.backend)?;
+    let device = if s.use_gpu {
+        if !flare_core::get_gpu_ids().is_empty() || std::env::var("CUDA_VISIBLE_DEVICES").is_ok() {
+            flare_gpu::Device::Cuda(0)
+        } else {
+            return Err("use_gpu is set but this rank was given no GPU".into());
+        }
+    } else {
+        flare_gpu::Device::Cpu
+    };
+    let timeout = Duration::from_millis(s.timeout_ms);
+    let store = TcpStore::connect(s.store.as_str(), timeout)
+        .map_err(|e| format!("rank {}: reaching the rendezvous store: {e}", s.rank))?;
+    let mut opts =
+        GroupOptions::new(s.group.clone(), s.rank, s.world_size).backend(backend).timeout(timeout).generation(s.generation);
+    if s.use_gpu {
+        opts.device = Some(0);
+    }
+    let comm = flare_collectives::init(opts, Arc::new(store)).map_err(|e| format!("rank {}: joining the group: {e}", s.rank))?;
+    let config = serde_json::from_str(&s.config).map_err(|e| format!("the train loop config is not JSON: {e}"))?;
+    let mut ctx = TrainContext {
+        rank: s.rank,
+        local_rank: s.local_rank,
+        local_world_size: s.local_world_size,
+        world_size: s.world_size,
+        node_rank: s.node_rank,
+        device,
+        comm: AsyncCommunicator::new(comm),
+        config,
+        checkpoint: s.checkpoint.map(crate::Checkpoint::from_directory),
+        run_dir: s.run_dir,
+        attempt: s.attempt,
+        iteration: s.iteration,
+        bucket_bytes: s.bucket_bytes,
+        events: tx,
+        comm_wait: Duration::ZERO,
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train_loop(&mut ctx))) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("rank {}: the train loop failed: {e}", s.rank)),
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(format!("rank {}: the train loop panicked: {msg}", s.rank))
+        }
+    }
+}
+
+#[flare_macros::actor(crate = ::flare_core)]
+impl TrainWorker {
+    fn new(num_threads: u32) -> Self {
+        // The rank's compute threads follow its CPU share (Ray sets OMP_NUM_THREADS the same
+        // way), set before candle starts its thread pool.
+        if std::env::var_os("RAYON_NUM_THREADS").is_none() && num_threads > 0 {
+            std::env::set_var("RAYON_NUM_THREADS", num_threads.to_string());
+        }
+        TrainWorker { events: Mutex::new(None) }
+    }
+
+    fn placement(&self) -> Placement {
+        Placement { node: node_key(), pid: std::process::id(), gpu_ids: flare_core::get_gpu_ids() }
+    }
+
+    /// Starts the train loop on its own thread and returns at once.
+    fn start(&self, setup: Setup) -> Result<(), String> {
+        let mut ev = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        if ev.is_some() {
+            return Err("this rank was started already".into());
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        *ev = Some(rx);
+        let rank = setup.rank;
+        std::thread::Builder::new()
+            .name(format!("flare-train-rank{rank}"))
+            .spawn(move || {
+                let done = tx.clone();
+                let ev = match run_rank(setup, tx) {
+                    Ok(()) => Event::Finished { rank },
+                    Err(error) => Event::Failed { rank, error },
+                };
+                let _ = done.send(ev);
+            })
+            .map_err(|e| format!("starting the train loop thread: {e}"))?;
+        Ok(())
+    }
+
+    /// The events since the last poll; waits up to `wait_ms` for the first.
+    fn poll(&self, wait_ms: u64) -> Vec<Event> {
+        let ev = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(rx) = ev.as_ref() else { return Vec::new() };
+        let mut out = Vec::new();
+        match rx.recv_timeout(Duration::from_millis(wait_ms)) {
+            Ok(e) => out.push(e),
+            Err(RecvTimeoutError::Timeout) => return out,
+            Err(RecvTimeoutError::Disconnected) => return out,
+        }
+        while let Ok(e) = rx.try_recv() {
+            out.push(e);
+        }
+        out
+    }
+}
