@@ -36,6 +36,9 @@ pub use flare_collectives as collectives;
 /// GPU devices and discovery.
 pub use flare_gpu as gpu;
 
+/// Data-parallel training: Trainer, DDP gradient all-reduce, torch-exact optimizers, checkpoints.
+pub use flare_train as train;
+
 /// What most programs need: `use flare::prelude::*`.
 pub mod prelude {
     pub use flare_core::{

@@ -7,6 +7,7 @@ use candle_nn::{Linear, VarBuilder, VarMap};
 /// named `layers.{i}` (a torch `ModuleList`), weights `[out, in]`.
 pub struct Mlp {
     layers: Vec<Linear>,
+    compute: Option<candle_core::DType>,
 }
 
 impl Mlp {
@@ -23,19 +24,40 @@ impl Mlp {
             let bias = vb.get_with_hints(w[1], "bias", init)?;
             layers.push(Linear::new(weight, Some(bias)));
         }
-        Ok(Mlp { layers })
+        Ok(Mlp { layers, compute: None })
+    }
+
+    /// Computes the forward pass (and so the backward) in `dtype` while the parameters stay
+    /// in their own (for example float32 weights with float64 arithmetic, each result rounded
+    /// back when the gradient reaches the weights).
+    pub fn compute_dtype(mut self, dtype: candle_core::DType) -> Self {
+        self.compute = Some(dtype);
+        self
     }
 }
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut h = x.clone();
+        let mut h = match self.compute {
+            Some(dt) => x.to_dtype(dt)?,
+            None => x.clone(),
+        };
         for (i, l) in self.layers.iter().enumerate() {
-            h = l.forward(&h)?;
+            h = match self.compute {
+                Some(dt) => {
+                    let w = l.weight().to_dtype(dt)?;
+                    let b = l.bias().map(|b| b.to_dtype(dt)).transpose()?;
+                    Linear::new(w, b).forward(&h)?
+                }
+                None => l.forward(&h)?,
+            };
             if i + 1 < self.layers.len() {
                 h = h.relu()?;
             }
         }
-        Ok(h)
+        match self.compute {
+            Some(_) => h.to_dtype(x.dtype()),
+            None => Ok(h),
+        }
     }
 }

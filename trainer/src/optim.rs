@@ -48,6 +48,20 @@ fn check_kind(want: &str, state: &OptimizerState) -> Result<()> {
     Ok(())
 }
 
+/// The values of a float32 tensor on the CPU (the host path, which follows torch's CPU kernels
+/// operation by operation); `None` for other devices and dtypes (the tensor path).
+fn host(t: &Tensor) -> Result<Option<Vec<f32>>> {
+    if matches!(t.device(), candle_core::Device::Cpu) && t.dtype() == candle_core::DType::F32 {
+        Ok(Some(t.flatten_all()?.to_vec1::<f32>()?))
+    } else {
+        Ok(None)
+    }
+}
+
+fn to_tensor(v: Vec<f32>, like: &Tensor) -> Result<Tensor> {
+    Ok(Tensor::from_vec(v, like.dims(), like.device())?)
+}
+
 /// `a + alpha * b`, torch's `a.add(b, alpha=alpha)`.
 fn add_scaled(a: &Tensor, b: &Tensor, alpha: f64) -> Result<Tensor> {
     Ok((a + b.affine(alpha, 0.0)?)?)
@@ -133,6 +147,33 @@ impl Optimizer for Sgd {
         self.bufs.resize(params.len(), None);
         for (i, (var, g)) in params.vars().iter().zip(&grads.0).enumerate() {
             let p = var.as_tensor();
+            if let (Some(mut pv), Some(mut d)) = (host(p)?, host(g)?) {
+                // torch's vectorized CPU kernels: `add(.., alpha)` is one fused multiply-add.
+                let (wd, mom, damp, lr) =
+                    (self.weight_decay as f32, self.momentum as f32, (1.0 - self.dampening) as f32, -self.lr as f32);
+                if self.weight_decay != 0.0 {
+                    d.iter_mut().zip(&pv).for_each(|(g, p)| *g = p.mul_add(wd, *g));
+                }
+                if self.momentum != 0.0 {
+                    let buf = match self.bufs[i].take() {
+                        None => d.clone(),
+                        Some(b) => {
+                            let mut b = host(&b)?.unwrap_or_default();
+                            b.iter_mut().zip(&d).for_each(|(b, g)| *b = g.mul_add(damp, *b * mom));
+                            b
+                        }
+                    };
+                    if self.nesterov {
+                        d.iter_mut().zip(&buf).for_each(|(g, b)| *g = b.mul_add(mom, *g));
+                    } else {
+                        d.copy_from_slice(&buf);
+                    }
+                    self.bufs[i] = Some(to_tensor(buf, p)?);
+                }
+                pv.iter_mut().zip(&d).for_each(|(p, g)| *p = g.mul_add(lr, *p));
+                var.set(&to_tensor(pv, p)?)?;
+                continue;
+            }
             let mut d_p = if self.weight_decay != 0.0 { add_scaled(g, p, self.weight_decay)? } else { g.clone() };
             if self.momentum != 0.0 {
                 let buf = match self.bufs[i].take() {
@@ -267,6 +308,54 @@ impl Optimizer for Adam {
         let step_size = self.lr / bias_correction1;
         let bias_correction2_sqrt = bias_correction2.sqrt();
         for (i, (var, g)) in params.vars().iter().zip(&grads.0).enumerate() {
+            if let (Some(mut pv), Some(mut gv)) = (host(var.as_tensor())?, host(g)?) {
+                let like = var.as_tensor();
+                let n = pv.len();
+                let mut m = match self.m[i].take() {
+                    Some(t) => host(&t)?.unwrap_or_else(|| vec![0.0; n]),
+                    None => vec![0.0; n],
+                };
+                let mut v = match self.v[i].take() {
+                    Some(t) => host(&t)?.unwrap_or_else(|| vec![0.0; n]),
+                    None => vec![0.0; n],
+                };
+                let wd = self.weight_decay as f32;
+                if self.decoupled {
+                    let keep = (1.0 - self.lr * self.weight_decay) as f32;
+                    pv.iter_mut().for_each(|p| *p *= keep);
+                } else if self.weight_decay != 0.0 {
+                    gv.iter_mut().zip(&pv).for_each(|(g, p)| *g = p.mul_add(wd, *g));
+                }
+                // lerp_ (weight < 0.5): fma(w, end - self, self); addcmul_: self + value * t1 * t2.
+                let (w1, b2f, w2) = ((1.0 - b1) as f32, b2 as f32, (1.0 - b2) as f32);
+                for j in 0..n {
+                    let g = gv[j];
+                    m[j] = if w1 < 0.5 { w1.mul_add(g - m[j], m[j]) } else { (w1 - 1.0).mul_add(g - m[j], g) };
+                    v[j] = v[j] * b2f + w2 * g * g;
+                }
+                let second = if self.amsgrad {
+                    let mut vm = match self.vmax[i].take() {
+                        Some(t) => host(&t)?.unwrap_or_else(|| v.clone()),
+                        None => v.clone(),
+                    };
+                    vm.iter_mut().zip(&v).for_each(|(a, b)| *a = a.max(*b));
+                    let out = vm.clone();
+                    self.vmax[i] = Some(to_tensor(vm, like)?);
+                    out
+                } else {
+                    v.clone()
+                };
+                // denom = sqrt(v) / bc2_sqrt + eps; addcdiv_: self + value * t1 / t2.
+                let (bc, eps, neg_step) = (bias_correction2_sqrt as f32, self.eps as f32, -step_size as f32);
+                for j in 0..n {
+                    let denom = second[j].sqrt() / bc + eps;
+                    pv[j] += neg_step * m[j] / denom;
+                }
+                var.set(&to_tensor(pv, like)?)?;
+                self.m[i] = Some(to_tensor(m, like)?);
+                self.v[i] = Some(to_tensor(v, like)?);
+                continue;
+            }
             let mut p = var.as_tensor().clone();
             if self.decoupled {
                 p = p.affine(1.0 - self.lr * self.weight_decay, 0.0)?;

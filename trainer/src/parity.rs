@@ -111,6 +111,10 @@ pub fn parity_loop(ctx: &mut TrainContext) -> std::result::Result<(), BoxError> 
         let (x, y) = (x_all.index_select(&idx, 0)?, y_all.index_select(&idx, 0)?);
         let out = model.forward(&x)?;
         let loss = if ce { crate::loss::cross_entropy(&out, &y)? } else { crate::loss::mse(&out, &y)? };
+        // Shards of unequal size (a batch that does not divide by the world size) weigh their
+        // mean by their share, so the mean over ranks is still the whole batch's mean.
+        let weight = (mine.len() * ctx.world_size()) as f64 / rows.len() as f64;
+        let loss = if weight != 1.0 { loss.affine(weight, 0.0)? } else { loss };
         let grads = params.grads(&loss)?;
         let grads = ctx.all_reduce_gradients(grads)?;
         opt.step(&params, &grads)?;
@@ -151,9 +155,18 @@ pub fn weights_digest(params: &Params) -> Result<i64> {
 /// Trains `run` with `world_size` ranks and compares with torch.
 pub fn run_parity(oracle: &Path, run: &str, world_size: usize, storage: &Path) -> Result<ParityReport> {
     run_spec(oracle, run)?;
+    flare_core::init()?;
+    // The reference is tiny: more ranks than CPUs share them (a fraction each), so world size 4
+    // runs on a 2-core machine too.
+    let cpus = flare_core::cluster_resources()?.total.get(flare_core::resources::CPU);
+    let per_rank = ((cpus / world_size as f64) * 1e4).floor() / 1e4;
+    let per_rank = per_rank.min(1.0);
+    if per_rank <= 0.0 {
+        return Err(Error::Infeasible("the cluster has no CPUs".into()));
+    }
     let result = Trainer::new(parity_loop)
         .config(ParityConfig { oracle: oracle.to_path_buf(), run: run.to_string() })
-        .scaling(crate::ScalingConfig::new(world_size))
+        .scaling(crate::ScalingConfig::new(world_size).resources_per_worker(flare_core::Bundle::cpus(per_rank)))
         .run_config(crate::RunConfig {
             name: Some(format!("torch_parity_{run}_w{world_size}_{}", std::process::id())),
             storage_path: Some(storage.to_path_buf()),

@@ -82,6 +82,7 @@ fn forward_and_loss_at_init_match_torch() {
         .map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect())
         .collect();
     let want = Tensor::new(want, &Device::Cpu).unwrap();
+    eprintln!("logit diff {:e}", max_diff(&logits, &want));
     assert!(max_diff(&logits, &want) < 1e-6, "logits differ by {}", max_diff(&logits, &want));
     for task in ["cls", "reg"] {
         let l = task_loss(&s, task, 0).to_scalar::<f32>().unwrap() as f64;
@@ -99,6 +100,7 @@ fn gradients_at_init_match_torch() {
         for (name, grad) in s.params.names().iter().zip(&g.0) {
             let w = &want[&format!("{task}.{name}.grad")];
             let d = max_diff(grad, w);
+            eprintln!("{task} grad {name} diff {d:e}");
             assert!(d < 1e-6, "{task} gradient of {name} differs by {d}");
         }
     }
@@ -116,6 +118,7 @@ fn one_optimizer_step_matches_torch_for_every_shipped_run() {
         opt.step(&s.params, &g).unwrap();
         let want = load(oracle().join(run["after_step1_weights_file"].as_str().unwrap()));
         let d = s.params.max_abs_diff(&want).unwrap();
+        eprintln!("{name} step1 diff {d:e}");
         assert!(d < 1e-7, "{name}: weights after one step differ from torch by {d}");
     }
 }
@@ -151,4 +154,38 @@ fn clipping_follows_torch_rule() {
     let after = g.global_norm().unwrap();
     assert!((after - norm / 2.0).abs() / norm < 1e-5, "{after} vs {}", norm / 2.0);
     assert!(g.clip_norm(-1.0).is_err());
+}
+
+#[test]
+fn the_tensor_path_used_off_the_cpu_agrees_with_the_host_path() {
+    // float64 parameters take the tensor path (as CUDA tensors do); float32 on the CPU the
+    // host path. Several steps of each optimizer must agree to float32 rounding.
+    let s = setup();
+    let f32_params = s.params.clone();
+    let init = f32_params.tensors().unwrap();
+    let f64_params = Params::new(
+        init.iter().map(|(k, v)| (k.clone(), candle_core::Var::from_tensor(&v.to_dtype(DType::F64).unwrap()).unwrap())),
+    )
+    .unwrap();
+    let cases = [
+        ("SGD", serde_json::json!({"lr": 0.05, "momentum": 0.9, "nesterov": true, "weight_decay": 0.01})),
+        ("SGD", serde_json::json!({"lr": 0.05, "momentum": 0.5, "dampening": 0.1})),
+        ("Adam", serde_json::json!({"lr": 0.01, "weight_decay": 0.01, "amsgrad": true})),
+        ("AdamW", serde_json::json!({"lr": 0.01, "betas": [0.8, 0.99]})),
+    ];
+    for (name, kw) in cases {
+        f32_params.load(&init).unwrap();
+        f64_params.load(&init).unwrap();
+        let mut a = optim::from_torch(name, &kw).unwrap();
+        let mut b = optim::from_torch(name, &kw).unwrap();
+        for step in 0..3 {
+            // Gradients: the same values for both, from the f32 model's loss.
+            let g = s.params.grads(&task_loss(&s, "cls", step)).unwrap();
+            let g64 = flare_train::Grads(g.0.iter().map(|t| t.to_dtype(DType::F64).unwrap()).collect());
+            a.step(&f32_params, &g).unwrap();
+            b.step(&f64_params, &g64).unwrap();
+        }
+        let d = f32_params.max_abs_diff(&f64_params.tensors().unwrap()).unwrap();
+        assert!(d < 1e-6, "{name} {kw}: host and tensor paths differ by {d}");
+    }
 }
