@@ -1,6 +1,7 @@
 //! The `flare` command line. Thin: parse arguments, call into the library.
 
 mod bench_collectives;
+mod bench_train;
 mod cluster;
 mod microbenchmark;
 
@@ -241,6 +242,30 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Data-parallel training step time (forward, backward, all-reduce, optimizer) per world size.
+    Train {
+        /// World sizes, comma-separated.
+        #[arg(long, default_value = "1,2")]
+        ranks: String,
+        /// MLP layer widths, comma-separated (input first, classes last).
+        #[arg(long, default_value = "784,1024,1024,10")]
+        widths: String,
+        /// The global batch, split over the ranks.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        #[arg(long, default_value_t = 30)]
+        steps: usize,
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        /// ring or shm (default: shm on one node).
+        #[arg(long)]
+        backend: Option<String>,
+        /// Gradients by candle's autograd instead of the MLP's explicit backprop.
+        #[arg(long)]
+        autograd: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -379,6 +404,23 @@ fn main() -> anyhow::Result<()> {
             let backend = backend.parse().map_err(anyhow::Error::msg)?;
             let sizes = bench_collectives::parse_sizes(&sizes)?;
             bench_collectives::run(bench_collectives::Args { op, backend, world_size, sizes, iters, warmup, json })?;
+        }
+        Command::Bench { command: BenchCommand::Train { ranks, widths, batch, steps, warmup, backend, autograd, json } } => {
+            let list = |s: &str, what: &str| -> anyhow::Result<Vec<usize>> {
+                s.split(',')
+                    .map(|v| v.trim().parse::<usize>().map_err(|_| anyhow::anyhow!("--{what}: `{v}` is not a number")))
+                    .collect()
+            };
+            bench_train::run(bench_train::Args {
+                ranks: list(&ranks, "ranks")?,
+                widths: list(&widths, "widths")?,
+                batch,
+                steps,
+                warmup,
+                backend,
+                autograd,
+                json,
+            })?;
         }
         Command::CollectiveRank { store, rank, world_size, backend, op, sizes, iters, warmup } => {
             bench_collectives::rank(bench_collectives::RankArgs {

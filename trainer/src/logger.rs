@@ -216,6 +216,9 @@ fn short(v: &Value) -> String {
     }
 }
 
+/// Bookkeeping columns left out of the progress line and the summary.
+const HIDDEN: [&str; 4] = ["timestamp", "attempt", "time_total_s", "training_iteration"];
+
 /// The driver's progress line: on a terminal it is redrawn in place, otherwise printed every
 /// few seconds.
 pub struct Progress {
@@ -223,13 +226,15 @@ pub struct Progress {
     tty: bool,
     start: Instant,
     last: Option<Instant>,
+    updates: u64,
 }
 
 impl Progress {
     pub fn new(enabled: bool) -> Self {
-        Progress { enabled, tty: std::io::stderr().is_terminal(), start: Instant::now(), last: None }
+        Progress { enabled, tty: std::io::stderr().is_terminal(), start: Instant::now(), last: None, updates: 0 }
     }
     pub fn update(&mut self, iteration: u64, metrics: &Value) {
+        self.updates += 1;
         if !self.enabled {
             return;
         }
@@ -239,9 +244,10 @@ impl Progress {
         }
         self.last = Some(Instant::now());
         let secs = self.start.elapsed().as_secs_f64();
-        let mut line = format!("[train] iter {iteration} | {:.1}s | {:.2} it/s", secs, iteration as f64 / secs.max(1e-9));
+        let mut line = format!("[train] iter {iteration} | {:.1}s | {:.2} it/s", secs, self.updates as f64 / secs.max(1e-9));
         if let Value::Object(m) = metrics {
-            for (k, v) in m.iter().filter(|(_, v)| v.is_number()).take(4) {
+            let shown = m.iter().filter(|(k, v)| v.is_number() && !HIDDEN.contains(&k.as_str()));
+            for (k, v) in shown.take(4) {
                 line.push_str(&format!(" | {k}={}", short(v)));
             }
         }
@@ -282,7 +288,9 @@ pub fn summary_table(title: &str, rows: &[(String, String)]) -> String {
 
 pub fn metric_rows(metrics: &Value) -> Vec<(String, String)> {
     match metrics {
-        Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), short(v))).collect(),
+        Value::Object(m) => {
+            m.iter().filter(|(k, _)| !HIDDEN[..2].contains(&k.as_str())).map(|(k, v)| (k.clone(), short(v))).collect()
+        }
         _ => Vec::new(),
     }
 }

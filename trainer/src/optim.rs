@@ -62,18 +62,155 @@ fn to_tensor(v: Vec<f32>, like: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, like.dims(), like.device())?)
 }
 
+/// An optimizer buffer: host values on the CPU path (kept between steps without copies),
+/// a tensor on the tensor path and after loading a checkpoint.
+#[derive(Clone, Debug)]
+enum Buf {
+    Host(Vec<f32>),
+    Dev(Tensor),
+}
+
+impl Buf {
+    fn into_host(self) -> Result<Vec<f32>> {
+        match self {
+            Buf::Host(v) => Ok(v),
+            Buf::Dev(t) => Ok(t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+        }
+    }
+    fn tensor(&self, like: &Tensor) -> Result<Tensor> {
+        match self {
+            Buf::Host(v) => Ok(Tensor::from_slice(v, like.dims(), like.device())?.to_dtype(like.dtype())?),
+            Buf::Dev(t) => Ok(t.clone()),
+        }
+    }
+}
+
+/// Runs `$body` (a closure-free block) compiled for AVX2+FMA when the CPU has them, so the
+/// loops vectorize and `mul_add` is one instruction; the results are the same bits either
+/// way (a fused multiply-add is exactly rounded in software too).
+macro_rules! simd_dispatch {
+    ($name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+        fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn fast($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // Safety: the CPU has the features `fast` is compiled for.
+                    return unsafe { fast($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+/// torch SGD, in place: `d` is the gradient (becomes the update), `buf` the momentum buffer
+/// (`None` on the first step: it starts as the gradient).
+#[allow(clippy::too_many_arguments)]
+fn sgd_host(
+    p: &mut [f32],
+    d: &mut [f32],
+    buf: Option<&mut Vec<f32>>,
+    wd: f32,
+    mom: f32,
+    damp: f32,
+    nesterov: bool,
+    neg_lr: f32,
+) -> Option<Vec<f32>> {
+    simd_dispatch!(decay(d: &mut [f32], p: &[f32], wd: f32) {
+        d.iter_mut().zip(p).for_each(|(g, p)| *g = p.mul_add(wd, *g));
+    });
+    simd_dispatch!(momentum(b: &mut [f32], d: &[f32], mom: f32, damp: f32) {
+        b.iter_mut().zip(d).for_each(|(b, g)| *b = g.mul_add(damp, *b * mom));
+    });
+    simd_dispatch!(nest(d: &mut [f32], b: &[f32], mom: f32) {
+        d.iter_mut().zip(b).for_each(|(g, b)| *g = b.mul_add(mom, *g));
+    });
+    simd_dispatch!(apply(p: &mut [f32], d: &[f32], neg_lr: f32) {
+        p.iter_mut().zip(d).for_each(|(p, g)| *p = g.mul_add(neg_lr, *p));
+    });
+    if wd != 0.0 {
+        decay(d, p, wd);
+    }
+    let mut fresh = None;
+    if mom != 0.0 {
+        let b: &[f32] = match buf {
+            Some(b) => {
+                momentum(b, d, mom, damp);
+                b
+            }
+            None => fresh.insert(d.to_vec()),
+        };
+        if nesterov {
+            nest(d, b, mom);
+        } else {
+            d.copy_from_slice(b);
+        }
+    }
+    apply(p, d, neg_lr);
+    fresh
+}
+
+/// Constants of one Adam step, as torch rounds them to float32.
+#[derive(Clone, Copy)]
+struct AdamConsts {
+    w1: f32,
+    b2: f32,
+    w2: f32,
+    bc2_sqrt: f32,
+    eps: f32,
+    neg_step: f32,
+}
+
+simd_dispatch!(adam_moments(m: &mut [f32], v: &mut [f32], g: &[f32], c: AdamConsts) {
+    // exp_avg.lerp_(grad, w1): fma(w, end - self, self) for w < 0.5, else
+    // fma(w - 1, end - self, end); exp_avg_sq.mul_(b2).addcmul_(g, g, value=w2).
+    if c.w1 < 0.5 {
+        for ((m, v), &g) in m.iter_mut().zip(v.iter_mut()).zip(g) {
+            *m = c.w1.mul_add(g - *m, *m);
+            *v = *v * c.b2 + c.w2 * g * g;
+        }
+    } else {
+        for ((m, v), &g) in m.iter_mut().zip(v.iter_mut()).zip(g) {
+            *m = (c.w1 - 1.0).mul_add(g - *m, g);
+            *v = *v * c.b2 + c.w2 * g * g;
+        }
+    }
+});
+
+simd_dispatch!(adam_apply(p: &mut [f32], m: &[f32], second: &[f32], c: AdamConsts) {
+    // denom = sqrt(v) / bc2_sqrt + eps; param.addcdiv_(m, denom, value=-step): p + value * m / denom.
+    for ((p, &m), &v) in p.iter_mut().zip(m).zip(second) {
+        let denom = v.sqrt() / c.bc2_sqrt + c.eps;
+        *p += c.neg_step * m / denom;
+    }
+});
+
+simd_dispatch!(scale_in_place(x: &mut [f32], k: f32) {
+    x.iter_mut().for_each(|x| *x *= k);
+});
+
+simd_dispatch!(max_in_place(a: &mut [f32], b: &[f32]) {
+    a.iter_mut().zip(b).for_each(|(a, b)| *a = a.max(*b));
+});
+
 /// `a + alpha * b`, torch's `a.add(b, alpha=alpha)`.
 fn add_scaled(a: &Tensor, b: &Tensor, alpha: f64) -> Result<Tensor> {
     Ok((a + b.affine(alpha, 0.0)?)?)
 }
 
-fn load_buffers(params: &Params, state: &OptimizerState, suffix: &str, required: bool) -> Result<Vec<Option<Tensor>>> {
+fn load_buffers(params: &Params, state: &OptimizerState, suffix: &str, required: bool) -> Result<Vec<Option<Buf>>> {
     params
         .iter()
         .map(|(name, var)| {
             let key = format!("{name}.{suffix}");
             match state.tensors.get(&key) {
-                Some(t) if t.dims() == var.dims() => Ok(Some(t.to_dtype(var.dtype())?.to_device(var.device())?)),
+                Some(t) if t.dims() == var.dims() => Ok(Some(Buf::Dev(t.to_dtype(var.dtype())?.to_device(var.device())?))),
                 Some(t) => Err(Error::Checkpoint(format!(
                     "optimizer buffer `{key}` has shape {:?}, the parameter {:?}",
                     t.dims(),
@@ -86,12 +223,13 @@ fn load_buffers(params: &Params, state: &OptimizerState, suffix: &str, required:
         .collect()
 }
 
-fn save_buffers(params: &Params, bufs: &[Option<Tensor>], suffix: &str, out: &mut HashMap<String, Tensor>) {
-    for ((name, _), b) in params.iter().zip(bufs) {
+fn save_buffers(params: &Params, bufs: &[Option<Buf>], suffix: &str, out: &mut HashMap<String, Tensor>) -> Result<()> {
+    for ((name, var), b) in params.iter().zip(bufs) {
         if let Some(b) = b {
-            out.insert(format!("{name}.{suffix}"), b.clone());
+            out.insert(format!("{name}.{suffix}"), b.tensor(var.as_tensor())?);
         }
     }
+    Ok(())
 }
 
 /// `torch.optim.SGD`: momentum, dampening, Nesterov and L2 weight decay.
@@ -103,7 +241,7 @@ pub struct Sgd {
     pub nesterov: bool,
     pub weight_decay: f64,
     step: u64,
-    bufs: Vec<Option<Tensor>>,
+    bufs: Vec<Option<Buf>>,
 }
 
 impl Sgd {
@@ -148,29 +286,13 @@ impl Optimizer for Sgd {
         for (i, (var, g)) in params.vars().iter().zip(&grads.0).enumerate() {
             let p = var.as_tensor();
             if let (Some(mut pv), Some(mut d)) = (host(p)?, host(g)?) {
-                // torch's vectorized CPU kernels: `add(.., alpha)` is one fused multiply-add.
-                let (wd, mom, damp, lr) =
+                let (wd, mom, damp, neg_lr) =
                     (self.weight_decay as f32, self.momentum as f32, (1.0 - self.dampening) as f32, -self.lr as f32);
-                if self.weight_decay != 0.0 {
-                    d.iter_mut().zip(&pv).for_each(|(g, p)| *g = p.mul_add(wd, *g));
-                }
+                let mut buf = self.bufs[i].take().map(Buf::into_host).transpose()?;
+                let fresh = sgd_host(&mut pv, &mut d, buf.as_mut(), wd, mom, damp, self.nesterov, neg_lr);
                 if self.momentum != 0.0 {
-                    let buf = match self.bufs[i].take() {
-                        None => d.clone(),
-                        Some(b) => {
-                            let mut b = host(&b)?.unwrap_or_default();
-                            b.iter_mut().zip(&d).for_each(|(b, g)| *b = g.mul_add(damp, *b * mom));
-                            b
-                        }
-                    };
-                    if self.nesterov {
-                        d.iter_mut().zip(&buf).for_each(|(g, b)| *g = b.mul_add(mom, *g));
-                    } else {
-                        d.copy_from_slice(&buf);
-                    }
-                    self.bufs[i] = Some(to_tensor(buf, p)?);
+                    self.bufs[i] = buf.or(fresh).map(Buf::Host);
                 }
-                pv.iter_mut().zip(&d).for_each(|(p, g)| *p = g.mul_add(lr, *p));
                 var.set(&to_tensor(pv, p)?)?;
                 continue;
             }
@@ -178,10 +300,10 @@ impl Optimizer for Sgd {
             if self.momentum != 0.0 {
                 let buf = match self.bufs[i].take() {
                     None => d_p.copy()?,
-                    Some(b) => add_scaled(&b.affine(self.momentum, 0.0)?, &d_p, 1.0 - self.dampening)?,
+                    Some(b) => add_scaled(&b.tensor(p)?.affine(self.momentum, 0.0)?, &d_p, 1.0 - self.dampening)?,
                 };
                 d_p = if self.nesterov { add_scaled(&d_p, &buf, self.momentum)? } else { buf.clone() };
-                self.bufs[i] = Some(buf);
+                self.bufs[i] = Some(Buf::Dev(buf));
             }
             var.set(&add_scaled(p, &d_p, -self.lr)?)?;
         }
@@ -199,7 +321,7 @@ impl Optimizer for Sgd {
     }
     fn state(&self, params: &Params) -> Result<OptimizerState> {
         let mut tensors = HashMap::new();
-        save_buffers(params, &self.bufs, "momentum_buffer", &mut tensors);
+        save_buffers(params, &self.bufs, "momentum_buffer", &mut tensors)?;
         Ok(OptimizerState {
             kind: "SGD".into(),
             step: self.step,
@@ -228,9 +350,9 @@ pub struct Adam {
     pub amsgrad: bool,
     decoupled: bool,
     step: u64,
-    m: Vec<Option<Tensor>>,
-    v: Vec<Option<Tensor>>,
-    vmax: Vec<Option<Tensor>>,
+    m: Vec<Option<Buf>>,
+    v: Vec<Option<Buf>>,
+    vmax: Vec<Option<Buf>>,
 }
 
 impl Adam {
@@ -311,49 +433,34 @@ impl Optimizer for Adam {
             if let (Some(mut pv), Some(mut gv)) = (host(var.as_tensor())?, host(g)?) {
                 let like = var.as_tensor();
                 let n = pv.len();
-                let mut m = match self.m[i].take() {
-                    Some(t) => host(&t)?.unwrap_or_else(|| vec![0.0; n]),
-                    None => vec![0.0; n],
-                };
-                let mut v = match self.v[i].take() {
-                    Some(t) => host(&t)?.unwrap_or_else(|| vec![0.0; n]),
-                    None => vec![0.0; n],
-                };
-                let wd = self.weight_decay as f32;
+                let mut m = self.m[i].take().map(Buf::into_host).transpose()?.unwrap_or_else(|| vec![0.0; n]);
+                let mut v = self.v[i].take().map(Buf::into_host).transpose()?.unwrap_or_else(|| vec![0.0; n]);
                 if self.decoupled {
-                    let keep = (1.0 - self.lr * self.weight_decay) as f32;
-                    pv.iter_mut().for_each(|p| *p *= keep);
+                    scale_in_place(&mut pv, (1.0 - self.lr * self.weight_decay) as f32);
                 } else if self.weight_decay != 0.0 {
+                    let wd = self.weight_decay as f32;
                     gv.iter_mut().zip(&pv).for_each(|(g, p)| *g = p.mul_add(wd, *g));
                 }
-                // lerp_ (weight < 0.5): fma(w, end - self, self); addcmul_: self + value * t1 * t2.
-                let (w1, b2f, w2) = ((1.0 - b1) as f32, b2 as f32, (1.0 - b2) as f32);
-                for j in 0..n {
-                    let g = gv[j];
-                    m[j] = if w1 < 0.5 { w1.mul_add(g - m[j], m[j]) } else { (w1 - 1.0).mul_add(g - m[j], g) };
-                    v[j] = v[j] * b2f + w2 * g * g;
-                }
-                let second = if self.amsgrad {
-                    let mut vm = match self.vmax[i].take() {
-                        Some(t) => host(&t)?.unwrap_or_else(|| v.clone()),
-                        None => v.clone(),
-                    };
-                    vm.iter_mut().zip(&v).for_each(|(a, b)| *a = a.max(*b));
-                    let out = vm.clone();
-                    self.vmax[i] = Some(to_tensor(vm, like)?);
-                    out
-                } else {
-                    v.clone()
+                let c = AdamConsts {
+                    w1: (1.0 - b1) as f32,
+                    b2: b2 as f32,
+                    w2: (1.0 - b2) as f32,
+                    bc2_sqrt: bias_correction2_sqrt as f32,
+                    eps: self.eps as f32,
+                    neg_step: -step_size as f32,
                 };
-                // denom = sqrt(v) / bc2_sqrt + eps; addcdiv_: self + value * t1 / t2.
-                let (bc, eps, neg_step) = (bias_correction2_sqrt as f32, self.eps as f32, -step_size as f32);
-                for j in 0..n {
-                    let denom = second[j].sqrt() / bc + eps;
-                    pv[j] += neg_step * m[j] / denom;
+                adam_moments(&mut m, &mut v, &gv, c);
+                if self.amsgrad {
+                    let mut vm = self.vmax[i].take().map(Buf::into_host).transpose()?.unwrap_or_else(|| v.clone());
+                    max_in_place(&mut vm, &v);
+                    adam_apply(&mut pv, &m, &vm, c);
+                    self.vmax[i] = Some(Buf::Host(vm));
+                } else {
+                    adam_apply(&mut pv, &m, &v, c);
                 }
                 var.set(&to_tensor(pv, like)?)?;
-                self.m[i] = Some(to_tensor(m, like)?);
-                self.v[i] = Some(to_tensor(v, like)?);
+                self.m[i] = Some(Buf::Host(m));
+                self.v[i] = Some(Buf::Host(v));
                 continue;
             }
             let mut p = var.as_tensor().clone();
@@ -361,9 +468,9 @@ impl Optimizer for Adam {
                 p = p.affine(1.0 - self.lr * self.weight_decay, 0.0)?;
             }
             let g = if !self.decoupled && self.weight_decay != 0.0 { add_scaled(g, &p, self.weight_decay)? } else { g.clone() };
-            let zeros = || p.zeros_like();
-            let m = self.m[i].take().map_or_else(zeros, Ok)?;
-            let v = self.v[i].take().map_or_else(zeros, Ok)?;
+            let zeros = || -> Result<Tensor> { Ok(p.zeros_like()?) };
+            let m = self.m[i].take().map_or_else(zeros, |b| b.tensor(&p))?;
+            let v = self.v[i].take().map_or_else(zeros, |b| b.tensor(&p))?;
             // exp_avg.lerp_(grad, 1 - beta1): self + w * (end - self) for w < 0.5.
             let w = 1.0 - b1;
             let m = if w < 0.5 { add_scaled(&m, &(&g - &m)?, w)? } else { (&g - (&g - &m)?.affine(1.0 - w, 0.0)?)? };
@@ -371,10 +478,10 @@ impl Optimizer for Adam {
             let v = add_scaled(&v.affine(b2, 0.0)?, &(&g * &g)?, 1.0 - b2)?;
             let second = if self.amsgrad {
                 let vm = match self.vmax[i].take() {
-                    Some(prev) => prev.maximum(&v)?,
+                    Some(prev) => prev.tensor(&p)?.maximum(&v)?,
                     None => v.clone(),
                 };
-                self.vmax[i] = Some(vm.clone());
+                self.vmax[i] = Some(Buf::Dev(vm.clone()));
                 vm
             } else {
                 v.clone()
@@ -387,8 +494,8 @@ impl Optimizer for Adam {
             // param.addcdiv_(exp_avg, denom, value=-step_size)
             let p = add_scaled(&p, &(&m / &denom)?, -step_size)?;
             var.set(&p)?;
-            self.m[i] = Some(m);
-            self.v[i] = Some(v);
+            self.m[i] = Some(Buf::Dev(m));
+            self.v[i] = Some(Buf::Dev(v));
         }
         Ok(())
     }
@@ -403,9 +510,9 @@ impl Optimizer for Adam {
     }
     fn state(&self, params: &Params) -> Result<OptimizerState> {
         let mut tensors = HashMap::new();
-        save_buffers(params, &self.m, "exp_avg", &mut tensors);
-        save_buffers(params, &self.v, "exp_avg_sq", &mut tensors);
-        save_buffers(params, &self.vmax, "max_exp_avg_sq", &mut tensors);
+        save_buffers(params, &self.m, "exp_avg", &mut tensors)?;
+        save_buffers(params, &self.v, "exp_avg_sq", &mut tensors)?;
+        save_buffers(params, &self.vmax, "max_exp_avg_sq", &mut tensors)?;
         Ok(OptimizerState {
             kind: self.kind().into(),
             step: self.step,

@@ -189,3 +189,23 @@ fn the_tensor_path_used_off_the_cpu_agrees_with_the_host_path() {
         assert!(d < 1e-6, "{name} {kw}: host and tensor paths differ by {d}");
     }
 }
+
+#[test]
+fn explicit_backprop_matches_autograd_and_torch() {
+    let s = setup();
+    let want = load(oracle().join("grads_step0.safetensors"));
+    for (task, l) in [("cls", flare_train::models::Loss::CrossEntropy), ("reg", flare_train::models::Loss::Mse)] {
+        let (x, y) = batch(&s, task, 0);
+        let (value, g) = s.model.loss_and_grads(&s.params, &x, &y, l).unwrap();
+        let auto = task_loss(&s, task, 0);
+        let dv = (value.to_scalar::<f32>().unwrap() - auto.to_scalar::<f32>().unwrap()).abs();
+        assert!(dv < 1e-6, "{task}: loss {dv} off autograd's");
+        for (name, grad) in s.params.names().iter().zip(&g.0) {
+            let d = max_diff(grad, &want[&format!("{task}.{name}.grad")]);
+            assert!(d < 1e-6, "{task}: explicit gradient of {name} differs from torch by {d}");
+        }
+    }
+    let (x, _) = batch(&s, "cls", 0);
+    let bad = Tensor::new(&[9u32; 256], &Device::Cpu).unwrap();
+    assert!(s.model.loss_and_grads(&s.params, &x, &bad, flare_train::models::Loss::CrossEntropy).is_err());
+}
