@@ -37,8 +37,23 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "nccl":
         shutil.copy(m["executable"], "'"$dir"'/bin/test-nccl-cuda")
 '
+        # Training on CUDA through the Trainer, checked against torch and the CPU run.
+        scripts/build-cuda.sh test-bin -q -p flare-train --test gpu --message-format=json 2>/dev/null |
+            python3 -c '
+import json, shutil, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu":
+        shutil.copy(m["executable"], "'"$dir"'/bin/test-train-cuda")
+'
     fi
-    strip "$dir"/bin/*
+    # The machine has no ../shared: the training oracle travels in the bundle.
+    oracle=../shared/oracles/train
+    if [ -d "$oracle" ]; then
+        mkdir -p "$dir/bin/oracle-train"
+        cp "$oracle"/{trajectories.json,datasets.safetensors,init_weights.safetensors,a_sgd_momentum_final.safetensors,b_adam_final.safetensors} "$dir/bin/oracle-train/"
+    fi
+    strip "$dir"/bin/flare "$dir"/bin/test-*
     tar -C "$dir" -czf "$dir/bundle.tar.gz" bin
     rm -rf "$dir/bin"
     ls -la "$dir"
@@ -79,10 +94,17 @@ run() {
     else
         echo "== test-nccl-cuda: not in the bundle (prepare with FLARE_GPU_CHECK_CUDA=1)" | tee -a "$out/summary.txt"
     fi
+    if [ -x "$b/test-train-cuda" ]; then
+        FLARE_TRAIN_ORACLE="$b/oracle-train" step test-train-cuda "$b/test-train-cuda" --test-threads=1 --nocapture
+    else
+        echo "== test-train-cuda: not in the bundle (prepare with FLARE_GPU_CHECK_CUDA=1)" | tee -a "$out/summary.txt"
+    fi
     for op in all-reduce all-gather broadcast; do
         step "bench-nccl-$op" "$b/flare" bench collectives --op "$op" --backend nccl --world-size 1 \
             --sizes 1M,16M,256M,1G --iters 50 --json
     done
+    # Data-parallel step time on the CPU with more cores (the GPU host has 16), for reference.
+    step bench-train-cpu "$b/flare" bench train --ranks 1,2,4,8 --steps 20 --json
     # The CPU backends on a 16-core host, for reference.
     step bench-shm-8 "$b/flare" bench collectives --backend shm --world-size 8 --sizes 1M,16M,256M --iters 20 --json
     step bench-ring-8 "$b/flare" bench collectives --backend ring --world-size 8 --sizes 1M,16M,256M --iters 20 --json

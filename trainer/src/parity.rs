@@ -9,7 +9,7 @@
 use crate::models::Mlp;
 use crate::{optim, Params, TrainContext, TrainResult, Trainer};
 use crate::{BoxError, Error, Result};
-use candle_core::{Device, Module, Tensor};
+use candle_core::{Module, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -88,7 +88,7 @@ pub fn parity_loop(ctx: &mut TrainContext) -> std::result::Result<(), BoxError> 
     if !ce && !loss_name.starts_with("mse") {
         return Err(format!("loss `{loss_name}` is not supported (cross_entropy or mse)").into());
     }
-    let device = Device::Cpu;
+    let device = ctx.candle_device()?;
     let init = candle_core::safetensors::load(cfg.oracle.join("init_weights.safetensors"), &device)?;
     let data = candle_core::safetensors::load(cfg.oracle.join("datasets.safetensors"), &device)?;
     let x_all = data.get(&format!("{task}.x")).ok_or_else(|| format!("datasets.safetensors has no `{task}.x`"))?;
@@ -154,6 +154,11 @@ pub fn weights_digest(params: &Params) -> Result<i64> {
 
 /// Trains `run` with `world_size` ranks and compares with torch.
 pub fn run_parity(oracle: &Path, run: &str, world_size: usize, storage: &Path) -> Result<ParityReport> {
+    run_parity_on(oracle, run, world_size, false, storage)
+}
+
+/// Like [`run_parity`]; with `use_gpu` every rank trains on its own GPU (NCCL between ranks).
+pub fn run_parity_on(oracle: &Path, run: &str, world_size: usize, use_gpu: bool, storage: &Path) -> Result<ParityReport> {
     run_spec(oracle, run)?;
     flare_core::init()?;
     // The reference is tiny: more ranks than CPUs share them (a fraction each), so world size 4
@@ -166,9 +171,13 @@ pub fn run_parity(oracle: &Path, run: &str, world_size: usize, storage: &Path) -
     }
     let result = Trainer::new(parity_loop)
         .config(ParityConfig { oracle: oracle.to_path_buf(), run: run.to_string() })
-        .scaling(crate::ScalingConfig::new(world_size).resources_per_worker(flare_core::Bundle::cpus(per_rank)))
+        .scaling(
+            crate::ScalingConfig::new(world_size)
+                .use_gpu(use_gpu)
+                .resources_per_worker(flare_core::Bundle::cpus(per_rank).with_gpus(if use_gpu { 1.0 } else { 0.0 })),
+        )
         .run_config(crate::RunConfig {
-            name: Some(format!("torch_parity_{run}_w{world_size}_{}", std::process::id())),
+            name: Some(format!("torch_parity_{run}_w{world_size}{}_{}", if use_gpu { "_gpu" } else { "" }, std::process::id())),
             storage_path: Some(storage.to_path_buf()),
             verbose: Some(false),
             ..Default::default()

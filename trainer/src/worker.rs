@@ -171,6 +171,15 @@ impl TrainWorker {
         if std::env::var_os("RAYON_NUM_THREADS").is_none() && num_threads > 0 {
             std::env::set_var("RAYON_NUM_THREADS", num_threads.to_string());
         }
+        // Every tensor op allocates its output; glibc returns large freed blocks to the OS
+        // (mmap/munmap, trimming), so each training step would page-fault its buffers in
+        // again. Keep them in the heap for reuse in this (the rank's own) process.
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // Safety: mallopt only changes allocator thresholds.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        }
         TrainWorker { events: Mutex::new(None) }
     }
 
