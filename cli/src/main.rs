@@ -483,8 +483,8 @@ fn main() -> anyhow::Result<()> {
             microbenchmark::run(timing, &filter, json)?;
         }
         Command::Rl { command: RlCommand::Train { algo, env, seed, max_env_steps, num_env_runners, json } } => {
-            if num_env_runners > 0 && algo != "ppo" {
-                anyhow::bail!("--num-env-runners is supported by ppo only for now");
+            if num_env_runners > 0 && algo == "dqn" {
+                anyhow::bail!("--num-env-runners is supported by ppo and a2c; dqn samples in this process for now");
             }
             let mut last_print = 0u64;
             let report = |steps: u64, mean: f64| {
@@ -510,7 +510,12 @@ fn main() -> anyhow::Result<()> {
                 }
                 "a2c" => {
                     let cfg = a2c::A2cConfig { env_id: env.clone(), seed, total_env_steps: max_env_steps, ..Default::default() };
-                    a2c::train(&cfg, report)?.0
+                    if num_env_runners == 0 {
+                        a2c::train(&cfg, report)?.0
+                    } else {
+                        flare::init_with(flare::Config::new().log_to_driver(false))?;
+                        a2c::train_distributed(&cfg, num_env_runners, report)?.0
+                    }
                 }
                 other => anyhow::bail!(
                     "--algo {other} is not available yet; this build trains ppo, dqn and a2c (sac is still to come)"

@@ -53,3 +53,42 @@ fn microbenchmark_prints_rays_line_format() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--trial-secs must be a positive"));
 }
+
+#[test]
+fn a2c_trains_with_env_runner_actors_and_dqn_says_it_cannot() {
+    let out = flare()
+        .args(["rl", "train", "--algo", "a2c", "--num-env-runners", "2", "--max-env-steps", "8000", "--json"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    // Two runners of 8 envs x 5 steps: 80 env steps per update.
+    assert!(last["env_steps"].as_u64().unwrap() >= 8000, "{last}");
+    let out = flare().args(["rl", "train", "--algo", "dqn", "--num-env-runners", "2"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ppo and a2c"));
+}
+
+#[test]
+fn bench_train_prints_a_step_breakdown_per_world_size() {
+    let out = flare()
+        .args([
+            "bench", "train", "--ranks", "1,2", "--widths", "16,32,4", "--batch", "32", "--steps", "3", "--warmup", "1", "--json",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    for (r, n) in rows.iter().zip([1, 2]) {
+        assert_eq!(r["ranks"], n);
+        for k in ["forward_ms", "backward_ms", "allreduce_ms", "optimizer_ms", "step_ms"] {
+            assert!(r[k].as_f64().is_some_and(|v| v >= 0.0), "{k} in {r}");
+        }
+    }
+    let out = flare().args(["bench", "train", "--batch", "3", "--ranks", "2"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not divide"));
+}

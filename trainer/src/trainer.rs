@@ -225,7 +225,9 @@ impl Trainer {
                         o.insert("timestamp".into(), json!(now_s() as u64));
                         o.insert("attempt".into(), json!(attempt));
                     }
-                    let _ = tb.scalars(iteration as i64, &logger::scalars(&m));
+                    let mut scalars = logger::scalars(&m);
+                    scalars.retain(|(k, _)| k != "timestamp" && k != "training_iteration");
+                    let _ = tb.scalars(iteration as i64, &scalars);
                     progress.update(iteration, &m);
                     history.push(m.clone());
                     if let Some(p) = checkpoint {

@@ -209,3 +209,22 @@ fn explicit_backprop_matches_autograd_and_torch() {
     let bad = Tensor::new(&[9u32; 256], &Device::Cpu).unwrap();
     assert!(s.model.loss_and_grads(&s.params, &x, &bad, flare_train::models::Loss::CrossEntropy).is_err());
 }
+
+#[test]
+fn accumulating_two_half_batches_gives_the_full_batch_gradient() {
+    let s = setup();
+    let (x, y) = batch(&s, "cls", 0);
+    let full = s.params.grads(&loss::cross_entropy(&s.model.forward(&x).unwrap(), &y).unwrap()).unwrap();
+    let half = |i: usize| {
+        let (xs, ys) = (x.narrow(0, i * 128, 128).unwrap(), y.narrow(0, i * 128, 128).unwrap());
+        s.params.grads(&loss::cross_entropy(&s.model.forward(&xs).unwrap(), &ys).unwrap()).unwrap()
+    };
+    let mut acc = half(0);
+    acc.accumulate(&half(1)).unwrap();
+    acc.scale(0.5).unwrap();
+    for ((name, a), f) in s.params.names().iter().zip(&acc.0).zip(&full.0) {
+        let d = max_diff(a, f);
+        assert!(d < 1e-6, "{name}: accumulated gradient differs by {d}");
+    }
+    assert!(acc.accumulate(&flare_train::Grads(vec![])).is_err());
+}

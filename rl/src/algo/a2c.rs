@@ -48,7 +48,19 @@ impl Default for A2cConfig {
 }
 
 pub fn train(cfg: &A2cConfig, progress: impl FnMut(u64, f64)) -> Result<(Summary, Mlp)> {
-    let p = PpoConfig {
+    let p = as_ppo(cfg);
+    run(&p, Source::local(&p)?, progress)
+}
+
+/// Trains with `num_runners` env-runner actors sampling in their own processes (each with
+/// `cfg.num_envs` environments; one update per round of rollouts from all of them); needs a
+/// running Flare runtime.
+pub fn train_distributed(cfg: &A2cConfig, num_runners: usize, progress: impl FnMut(u64, f64)) -> Result<(Summary, Mlp)> {
+    super::ppo::train_distributed(&as_ppo(cfg), num_runners, progress)
+}
+
+fn as_ppo(cfg: &A2cConfig) -> PpoConfig {
+    PpoConfig {
         env_id: cfg.env_id.clone(),
         seed: cfg.seed,
         total_env_steps: cfg.total_env_steps,
@@ -68,6 +80,5 @@ pub fn train(cfg: &A2cConfig, progress: impl FnMut(u64, f64)) -> Result<(Summary
         norm_adv: false,
         hidden: 64,
         stop_when_solved: cfg.stop_when_solved,
-    };
-    run(&p, Source::local(&p)?, progress)
+    }
 }
