@@ -26,3 +26,47 @@ impl SplitMix64 {
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
+
+/// A function of this executable named across its processes: its code's offset from an
+/// anchor function (both lie in the same image, so the offset is the same in every process
+/// started from it, wherever the image is loaded) and its first code bytes, checked before
+/// use. Libraries use it to send a plain `fn` (a train loop, a trainable) to worker processes,
+/// which run the driver's own executable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CodeRef {
+    offset: i64,
+    fingerprint: u64,
+}
+
+#[inline(never)]
+fn anchor() -> u64 {
+    std::hint::black_box(0x5eed)
+}
+
+fn anchor_addr() -> usize {
+    anchor as fn() -> u64 as usize
+}
+
+fn code_bytes(addr: usize) -> u64 {
+    // Safety: `addr` is the address of a function of this executable: its text is mapped and
+    // readable, and a function's first eight bytes lie within the text segment.
+    unsafe { std::ptr::read_unaligned(addr as *const u64) }
+}
+
+impl CodeRef {
+    /// The reference of the function at `addr` (`f as usize` of a `fn` pointer).
+    pub fn of_addr(addr: usize) -> Self {
+        CodeRef { offset: addr as i64 - anchor_addr() as i64, fingerprint: code_bytes(addr) }
+    }
+
+    /// The function's address in this process, once its code is found where expected.
+    pub fn resolve(self) -> Result<usize, String> {
+        let addr = (anchor_addr() as i64 + self.offset) as usize;
+        if code_bytes(addr) != self.fingerprint {
+            return Err("the function is not at the same place in this worker's executable: workers must run the driver's \
+                        own executable (a different build?)"
+                .into());
+        }
+        Ok(addr)
+    }
+}

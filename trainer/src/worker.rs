@@ -9,42 +9,20 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// A train loop named across processes of one executable: its code's offset from an anchor
-/// function (both lie in the same image, so the offset is the same in every process of it),
-/// and its first code bytes, checked before the call.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+/// A train loop named across processes (see [`flare_core::util::CodeRef`]).
 #[doc(hidden)]
-pub struct LoopRef {
-    offset: i64,
-    fingerprint: u64,
-}
-
-#[inline(never)]
-fn anchor() -> u64 {
-    std::hint::black_box(0x5eed)
-}
-
-fn code_bytes(addr: usize) -> u64 {
-    // Safety: `addr` is the address of a function of this executable: its text is mapped and
-    // readable, and a function's first eight bytes lie within the text segment.
-    unsafe { std::ptr::read_unaligned(addr as *const u64) }
-}
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct LoopRef(flare_core::util::CodeRef);
 
 impl LoopRef {
     pub(crate) fn of(f: TrainLoop) -> Self {
-        let addr = f as usize;
-        LoopRef { offset: addr as i64 - anchor as fn() -> u64 as usize as i64, fingerprint: code_bytes(addr) }
+        LoopRef(flare_core::util::CodeRef::of_addr(f as usize))
     }
 
     fn resolve(self) -> Result<TrainLoop, String> {
-        let addr = (anchor as fn() -> u64 as usize as i64 + self.offset) as usize;
-        if code_bytes(addr) != self.fingerprint {
-            return Err("the train loop is not at the same place in this worker's executable: workers must run the driver's \
-                        own executable (a different build?)"
-                .into());
-        }
-        // Safety: the address is the driver's `TrainLoop` in this same executable image (the
-        // fingerprint matched), so it is a function of exactly that type.
+        let addr = self.0.resolve()?;
+        // Safety: the address is the driver's `TrainLoop` in this same executable image (its
+        // code bytes matched), so it is a function of exactly that type.
         Ok(unsafe { std::mem::transmute::<usize, TrainLoop>(addr) })
     }
 }
