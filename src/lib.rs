@@ -36,6 +36,9 @@ pub use flare_collectives as collectives;
 /// GPU devices and discovery.
 pub use flare_gpu as gpu;
 
+/// Hyperparameter sweeps: search spaces, searchers (random, TPE), the Tuner.
+pub use flare_tune as tune;
+
 /// Data-parallel training: Trainer, DDP gradient all-reduce, torch-exact optimizers, checkpoints.
 pub use flare_train as train;
 

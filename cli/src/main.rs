@@ -242,6 +242,22 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Search quality on a test function (Optuna anchor layout): best value after 25/50/100 trials over seeds.
+    Tune {
+        /// branin, hartmann6 or rosenbrock5.
+        #[arg(long, default_value = "branin")]
+        function: String,
+        /// tpe (multivariate), tpe-univariate (Optuna's default) or random.
+        #[arg(long, default_value = "tpe")]
+        searcher: String,
+        #[arg(long, default_value_t = 100)]
+        trials: usize,
+        #[arg(long, default_value_t = 20)]
+        seeds: u64,
+        /// Print the JSON object (otherwise a summary line).
+        #[arg(long)]
+        json: bool,
+    },
     /// Data-parallel training step time (forward, backward, all-reduce, optimizer) per world size.
     Train {
         /// World sizes, comma-separated.
@@ -404,6 +420,26 @@ fn main() -> anyhow::Result<()> {
             let backend = backend.parse().map_err(anyhow::Error::msg)?;
             let sizes = bench_collectives::parse_sizes(&sizes)?;
             bench_collectives::run(bench_collectives::Args { op, backend, world_size, sizes, iters, warmup, json })?;
+        }
+        Command::Bench { command: BenchCommand::Tune { function, searcher, trials, seeds, json } } => {
+            if trials == 0 || seeds == 0 {
+                anyhow::bail!("--trials and --seeds must be at least 1");
+            }
+            let r = flare::tune::bench::run(&function, &searcher, trials, seeds)?;
+            if json {
+                println!("{r}");
+            } else {
+                let b = &r["best_after"];
+                let cell = |n: &str| {
+                    b.get(n).map_or("-".to_string(), |s| format!("{:.4} [{:.4}, {:.4}]", s["median"], s["q1"], s["q3"]))
+                };
+                println!(
+                    "{function} {searcher}: best after 25 {} | 50 {} | 100 {} (median [q1, q3] over {seeds} seeds)",
+                    cell("25"),
+                    cell("50"),
+                    cell("100")
+                );
+            }
         }
         Command::Bench { command: BenchCommand::Train { ranks, widths, batch, steps, warmup, backend, autograd, json } } => {
             let list = |s: &str, what: &str| -> anyhow::Result<Vec<usize>> {
