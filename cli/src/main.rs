@@ -2,6 +2,7 @@
 
 mod bench_collectives;
 mod bench_train;
+mod bench_tune;
 mod cluster;
 mod microbenchmark;
 
@@ -258,6 +259,16 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The Tuner's own cost with trivial trainables (the cases benches/vs_ray_tune.sh compares).
+    TuneOverhead {
+        /// trivial (200 one-report trials at 0.5 CPU) or asha (20 trials x 100 reports under ASHA).
+        #[arg(long, default_value = "trivial")]
+        case: String,
+        #[arg(long, default_value_t = 2.0)]
+        num_cpus: f64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Data-parallel training step time (forward, backward, all-reduce, optimizer) per world size.
     Train {
         /// World sizes, comma-separated.
@@ -439,6 +450,17 @@ fn main() -> anyhow::Result<()> {
                     cell("50"),
                     cell("100")
                 );
+            }
+        }
+        Command::Bench { command: BenchCommand::TuneOverhead { case, num_cpus, json } } => {
+            let (wall, trials, reports) = bench_tune::run(&case, num_cpus)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"impl": "flare", "case": case, "wall_s": wall, "trials": trials, "reports": reports})
+                );
+            } else {
+                println!("{case}: {trials} trials, {reports} reports in {wall:.3} s");
             }
         }
         Command::Bench { command: BenchCommand::Train { ranks, widths, batch, steps, warmup, backend, autograd, json } } => {
