@@ -92,3 +92,22 @@ fn bench_train_prints_a_step_breakdown_per_world_size() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not divide"));
 }
+
+#[test]
+fn bench_tune_prints_the_anchor_layout() {
+    let out = flare()
+        .args(["bench", "tune", "--function", "hartmann6", "--searcher", "tpe", "--trials", "25", "--seeds", "2", "--json"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    let b = &r["best_after"]["25"];
+    for k in ["median", "q1", "q3", "min", "max"] {
+        assert!(b[k].as_f64().is_some_and(|v| v < 0.0 && v > -3.33), "{k} in {r}");
+    }
+    assert!(b["min"].as_f64() <= b["median"].as_f64() && b["median"].as_f64() <= b["max"].as_f64());
+    let out = flare().args(["bench", "tune", "--function", "sphere"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown function `sphere`"));
+}

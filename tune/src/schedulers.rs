@@ -6,10 +6,15 @@ use crate::search::Mode;
 use std::collections::HashMap;
 
 /// What happens to a trial after a result.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     Continue,
     Stop,
+    /// Restart this trial from trial `from`'s latest checkpoint, with a config made by
+    /// [`TrialScheduler::explore`] from `from`'s (population-based training).
+    Exploit {
+        from: String,
+    },
 }
 
 /// Ray Tune's `TrialScheduler` (the part that decides on results); implement it for your own.
@@ -18,6 +23,10 @@ pub trait TrialScheduler: Send {
     fn on_result(&mut self, trial_id: &str, iteration: u64, value: Option<f64>, mode: Mode) -> Decision;
     fn on_complete(&mut self, _trial_id: &str) {}
     fn name(&self) -> &'static str;
+    /// A new config from a donor's, for [`Decision::Exploit`].
+    fn explore(&mut self, config: &serde_json::Value) -> serde_json::Value {
+        config.clone()
+    }
 }
 
 /// Every trial runs until it returns.
@@ -178,6 +187,111 @@ impl TrialScheduler for MedianStopping {
     }
 }
 
+/// Population-based training (Ray's `PopulationBasedTraining`): every `perturbation_interval`
+/// iterations, a trial in the bottom `quantile_fraction` (by its latest result) restarts from
+/// the checkpoint of a random trial in the top fraction (exploit), with that trial's config
+/// perturbed (explore): each mutated parameter is resampled from its domain with
+/// `resample_probability`, else multiplied by 0.8 or 1.2 (numbers) or moved to a neighboring
+/// choice.
+pub struct Pbt {
+    pub perturbation_interval: u64,
+    pub quantile_fraction: f64,
+    pub resample_probability: f64,
+    mutations: Vec<crate::space::Dim>,
+    rng: crate::rng::Rng,
+    latest: HashMap<String, f64>,
+    last_perturbation: HashMap<String, u64>,
+}
+
+impl Pbt {
+    /// `mutations`: the parameters to explore and their domains.
+    pub fn new(perturbation_interval: u64, mutations: crate::space::ParamSpace, seed: u64) -> crate::Result<Self> {
+        let flat = mutations.flatten()?;
+        Ok(Pbt {
+            perturbation_interval: perturbation_interval.max(1),
+            quantile_fraction: 0.25,
+            resample_probability: 0.25,
+            mutations: flat.searched,
+            rng: crate::rng::Rng::new(seed),
+            latest: HashMap::new(),
+            last_perturbation: HashMap::new(),
+        })
+    }
+}
+
+fn get_path<'a>(v: &'a serde_json::Value, path: &[String]) -> Option<&'a serde_json::Value> {
+    path.iter().try_fold(v, |cur, k| cur.get(k))
+}
+
+impl TrialScheduler for Pbt {
+    fn on_result(&mut self, trial_id: &str, iteration: u64, value: Option<f64>, mode: Mode) -> Decision {
+        let Some(v) = value else { return Decision::Continue };
+        self.latest.insert(trial_id.to_string(), if mode == Mode::Max { v } else { -v });
+        let last = *self.last_perturbation.get(trial_id).unwrap_or(&0);
+        if iteration < last + self.perturbation_interval {
+            return Decision::Continue;
+        }
+        self.last_perturbation.insert(trial_id.to_string(), iteration);
+        let mut ranked: Vec<(&String, f64)> = self.latest.iter().map(|(k, v)| (k, *v)).collect();
+        if ranked.len() < 2 {
+            return Decision::Continue;
+        }
+        ranked.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(b.0)));
+        let n = ((ranked.len() as f64 * self.quantile_fraction).ceil() as usize).clamp(1, ranked.len() / 2);
+        let lower: Vec<&String> = ranked[..n].iter().map(|r| r.0).collect();
+        let upper: Vec<&String> = ranked[ranked.len() - n..].iter().map(|r| r.0).collect();
+        if !lower.iter().any(|id| id.as_str() == trial_id) {
+            return Decision::Continue;
+        }
+        let from = upper[self.rng.below(upper.len() as u64) as usize].clone();
+        Decision::Exploit { from }
+    }
+    fn on_complete(&mut self, trial_id: &str) {
+        self.latest.remove(trial_id);
+    }
+    fn name(&self) -> &'static str {
+        "PBT"
+    }
+    fn explore(&mut self, config: &serde_json::Value) -> serde_json::Value {
+        use crate::space::Domain;
+        let mut out = config.clone();
+        for d in &self.mutations {
+            let cur = get_path(config, &d.path).cloned().unwrap_or(serde_json::Value::Null);
+            let resample = self.rng.uniform() < self.resample_probability;
+            let new = match &d.domain {
+                Domain::Choice(c) => {
+                    let pos = c.iter().position(|x| *x == cur);
+                    match pos {
+                        Some(i) if !resample => {
+                            let j = if self.rng.uniform() < 0.5 { i.saturating_sub(1) } else { (i + 1).min(c.len() - 1) };
+                            c[j].clone()
+                        }
+                        _ => crate::space::sample_dim(&d.domain, &mut self.rng),
+                    }
+                }
+                Domain::Float { lo, hi, q, .. } => match cur.as_f64() {
+                    Some(x) if !resample => {
+                        let f = if self.rng.uniform() < 0.5 { 0.8 } else { 1.2 };
+                        serde_json::Value::from(crate::space::finish_float(x * f, *lo, *hi, *q))
+                    }
+                    _ => crate::space::sample_dim(&d.domain, &mut self.rng),
+                },
+                Domain::Int { lo, hi, q, .. } => match cur.as_i64() {
+                    Some(x) if !resample => {
+                        let f = if self.rng.uniform() < 0.5 { 0.8 } else { 1.2 };
+                        let top = if q.is_some() { *hi } else { hi - 1 };
+                        serde_json::Value::from(((x as f64 * f).round() as i64).clamp(*lo, top))
+                    }
+                    _ => crate::space::sample_dim(&d.domain, &mut self.rng),
+                },
+                other => crate::space::sample_dim(other, &mut self.rng),
+            };
+            crate::space::set_path(&mut out, &d.path, new);
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +312,24 @@ mod tests {
         // A better trial passes rung 1 and rung 3.
         assert_eq!(a.on_result("good", 1, Some(100.0), Mode::Max), Decision::Continue);
         assert_eq!(a.on_result("good", 27, Some(100.0), Mode::Max), Decision::Stop, "max_t reached");
+    }
+
+    #[test]
+    fn pbt_sends_the_bottom_trial_to_a_top_one_and_perturbs_within_the_domain() {
+        use crate::space::{choice, uniform, ParamSpace};
+        let mut p = Pbt::new(2, ParamSpace::new().set("lr", uniform(0.001, 1.0)).set("bs", choice([16, 32, 64])), 1).unwrap();
+        for (id, v) in [("a", 1.0), ("b", 2.0), ("c", 3.0), ("d", 4.0)] {
+            assert_eq!(p.on_result(id, 1, Some(v), Mode::Max), Decision::Continue, "before the interval");
+        }
+        assert_eq!(p.on_result("d", 2, Some(4.0), Mode::Max), Decision::Continue, "the top trial goes on");
+        assert_eq!(p.on_result("a", 2, Some(1.0), Mode::Max), Decision::Exploit { from: "d".into() });
+        for _ in 0..50 {
+            let c = p.explore(&serde_json::json!({"lr": 0.5, "bs": 32, "other": 7}));
+            let lr = c["lr"].as_f64().unwrap();
+            assert!((0.001..=1.0).contains(&lr));
+            assert!([16, 32, 64].contains(&c["bs"].as_i64().unwrap()));
+            assert_eq!(c["other"], 7, "parameters without a mutation stay");
+        }
     }
 
     #[test]

@@ -261,6 +261,10 @@ pub fn tuner_journal_name() -> &'static str {
 struct Live {
     idx: usize,
     actor: ActorHandle<TrialWorker>,
+    /// The outstanding `poll` call: a trial whose actor waits for resources (held by another
+    /// sweep, say) must not hold up the others, so calls are waited on together.
+    pending: Option<flare_core::ObjectRef<Vec<Event>>>,
+    started: Option<flare_core::ObjectRef<()>>,
 }
 
 /// A hyperparameter sweep.
@@ -322,6 +326,11 @@ impl Tuner {
                             if let Some(c) = v["checkpoint"].as_str() {
                                 t.checkpoint = Some(PathBuf::from(c));
                             }
+                        }
+                        "exploit" => {
+                            t.config = v["config"].clone();
+                            t.checkpoint = v["checkpoint"].as_str().map(PathBuf::from);
+                            t.iterations = v["iteration"].as_u64().unwrap_or(0);
                         }
                         "done" => {
                             t.status = serde_json::from_value(v["status"].clone()).unwrap_or(TrialStatus::Error);
@@ -411,6 +420,7 @@ impl Tuner {
         let mut live: Vec<Live> = Vec::new();
         let mut last_table = Instant::now();
         let mut searcher_done = false;
+        let mut exploits: Vec<(usize, String)> = Vec::new();
         loop {
             let over_budget = self.tune.time_budget.is_some_and(|b| started.elapsed() >= b);
             // Start trials while there is room: restored pending ones first, then new ones.
@@ -451,21 +461,22 @@ impl Tuner {
                 std::fs::create_dir_all(&t.path).map_err(|e| Error::Io(format!("creating {}: {e}", t.path.display())))?;
                 let _ = std::fs::write(t.path.join("params.json"), serde_json::to_string_pretty(&t.config).unwrap_or_default());
                 let actor = TrialWorker::remote().num_cpus(res.cpu).num_gpus(res.gpu).memory(res.memory).spawn()?;
-                actor
-                    .start(TrialSetup {
-                        trainable: code,
-                        trial_id: t.trial_id.clone(),
-                        config: t.config.to_string(),
-                        dir: t.path.clone(),
-                        checkpoint: t.checkpoint.clone(),
-                        iteration: if t.checkpoint.is_some() { t.iterations } else { 0 },
-                    })
-                    .get()?;
+                // Not waited on here: the actor may wait for resources that running trials
+                // (this sweep's or another's) free only once they are polled. Its answer comes
+                // before the first poll's (an actor's calls run in order).
+                let started = actor.start(TrialSetup {
+                    trainable: code,
+                    trial_id: t.trial_id.clone(),
+                    config: t.config.to_string(),
+                    dir: t.path.clone(),
+                    checkpoint: t.checkpoint.clone(),
+                    iteration: if t.checkpoint.is_some() { t.iterations } else { 0 },
+                });
                 if t.checkpoint.is_none() {
                     t.iterations = 0;
                 }
                 t.status = TrialStatus::Running;
-                live.push(Live { idx, actor });
+                live.push(Live { idx, actor, started: Some(started), pending: None });
             }
             if live.is_empty() {
                 let more = !over_budget && !searcher_done && trials.len() < planned;
@@ -478,13 +489,25 @@ impl Tuner {
                 // The searcher said Wait with nothing running: it cannot make progress.
                 return Err(Error::Config("the searcher is waiting but no trial is running".into()));
             }
-            // Poll every running trial.
-            let refs: Vec<_> = live.iter().map(|l| l.actor.poll(if live.len() > 8 { 20 } else { 100 })).collect();
+            // Poll every running trial; take the answers that are in.
+            let wait_ms = if live.len() > 8 { 20 } else { 100 };
+            for l in live.iter_mut() {
+                if l.pending.is_none() {
+                    l.pending = Some(l.actor.poll(wait_ms));
+                }
+            }
+            let refs: Vec<_> = live.iter().filter_map(|l| l.pending.clone()).collect();
+            let (ready, _) = flare_core::wait(&refs, refs.len(), Some(Duration::from_millis(wait_ms + 100)))?;
             let mut finished: Vec<usize> = Vec::new();
-            for (k, r) in refs.into_iter().enumerate() {
+            for k in 0..live.len() {
+                let Some(r) = live[k].pending.clone().filter(|r| ready.contains(r)) else { continue };
+                live[k].pending = None;
                 let idx = live[k].idx;
-                let outcome: std::result::Result<Vec<Event>, String> =
-                    r.get().map_err(|e| format!("the trial's process died: {e}"));
+                let start = live[k].started.take().map(|s| s.get()).unwrap_or(Ok(()));
+                let outcome: std::result::Result<Vec<Event>, String> = match start {
+                    Err(e) => Err(format!("the trial could not start: {e}")),
+                    Ok(()) => r.get().map_err(|e| format!("the trial's process died: {e}")),
+                };
                 let events = match outcome {
                     Ok(e) => e,
                     Err(why) => vec![Event::Failed { error: why }],
@@ -515,8 +538,10 @@ impl Tuner {
                             t.metrics = m.clone();
                             searcher.on_trial_result(&t.trial_id, &m);
                             let value = metric.as_deref().and_then(|k| metric_value(&m, k));
-                            if scheduler.on_result(&t.trial_id, iteration, value, mode) == Decision::Stop {
-                                t.status = TrialStatus::Stopped;
+                            match scheduler.on_result(&t.trial_id, iteration, value, mode) {
+                                Decision::Continue => {}
+                                Decision::Stop => t.status = TrialStatus::Stopped,
+                                Decision::Exploit { from } => exploits.push((idx, from)),
                             }
                         }
                         Event::Finished => t.status = TrialStatus::Terminated,
@@ -560,6 +585,32 @@ impl Tuner {
                     }
                 }
             }
+            // Exploits: the trial restarts from the donor's checkpoint with an explored config.
+            for (idx, from) in exploits.drain(..) {
+                let Some(donor) = trials.iter().find(|d| d.trial_id == from) else { continue };
+                let (Some(ck), false) = (donor.checkpoint.clone(), trials[idx].status.done()) else { continue };
+                let donor_iterations = donor.iterations;
+                let config = scheduler.explore(&donor.config);
+                let t = &mut trials[idx];
+                let copy = t.path.join(format!("exploited_{:06}_from_{from}", donor_iterations));
+                copy_dir(&ck, &copy).map_err(|e| Error::Io(format!("copying {} for PBT: {e}", ck.display())))?;
+                journal.append(json!({"event": "exploit", "id": t.trial_id, "from": from, "config": config,
+                                      "checkpoint": copy.display().to_string(), "iteration": donor_iterations}))?;
+                if verbose {
+                    eprintln!(
+                        "[tune] PBT: trial {} restarts from trial {from}'s checkpoint (iteration {donor_iterations})",
+                        t.trial_id
+                    );
+                }
+                t.config = config;
+                t.checkpoint = Some(copy);
+                t.iterations = donor_iterations;
+                t.status = TrialStatus::Pending;
+                let _ = std::fs::write(t.path.join("params.json"), serde_json::to_string_pretty(&t.config).unwrap_or_default());
+                if let Some(k) = live.iter().position(|l| l.idx == idx) {
+                    finished.push(k);
+                }
+            }
             finished.sort_unstable();
             finished.dedup();
             for k in finished.into_iter().rev() {
@@ -577,6 +628,20 @@ impl Tuner {
         }
         Ok(ResultGrid { results: trials, metric, mode, path: dir })
     }
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let dst = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &dst)?;
+        } else {
+            std::fs::copy(e.path(), dst)?;
+        }
+    }
+    Ok(())
 }
 
 /// Ray Tune's status table.

@@ -287,3 +287,75 @@ fn tpe_drives_the_tuner_and_invalid_setups_fail_with_a_message() {
     assert!(e.to_string().contains("`x`"), "{e}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+fn pbt_trial(ctx: &mut TrialContext) -> R {
+    // State: an accumulated score and who wrote the checkpoint it came from.
+    let (mut score, mut owner) = (0.0f64, ctx.trial_id().to_string());
+    let mut cloned_from = String::new();
+    if let Some(c) = ctx.checkpoint() {
+        let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(c.join("state.json"))?)?;
+        score = s["score"].as_f64().unwrap_or(0.0);
+        owner = s["owner"].as_str().unwrap_or_default().to_string();
+        if owner != ctx.trial_id() {
+            cloned_from = owner.clone();
+        }
+    }
+    // Start together (other tests share the cluster): wait until all four trials are up.
+    let exp = ctx.trial_dir().parent().unwrap().to_path_buf();
+    std::fs::write(exp.join(format!("up_{}", ctx.trial_id())), "")?;
+    let t0 = Instant::now();
+    while std::fs::read_dir(&exp)?.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("up_")).count() < 4
+        && t0.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let lr = ctx.config()["lr"].as_f64().unwrap_or(0.0);
+    while ctx.iteration() < 12 {
+        std::thread::sleep(Duration::from_millis(60));
+        score += lr;
+        let me = ctx.trial_id().to_string();
+        let ck =
+            ctx.save_checkpoint(|d| Ok(std::fs::write(d.join("state.json"), json!({"score": score, "owner": me}).to_string())?))?;
+        ctx.report(json!({"score": score, "cloned_from": cloned_from, "first_owner": owner}), Some(ck))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn pbt_restarts_the_worst_trial_from_a_better_trials_checkpoint() {
+    init();
+    let dir = storage("pbt");
+    let pbt = flare_tune::Pbt::new(3, ParamSpace::new().set("lr", uniform(0.1, 10.0)), 0).unwrap();
+    let grid = Tuner::new(pbt_trial as flare_tune::Trainable, ParamSpace::new().set("lr", grid_search([0.1, 1.0, 2.0, 9.0])))
+        .tune_config(TuneConfig {
+            metric: Some("score".into()),
+            mode: Mode::Max,
+            scheduler: Some(Box::new(pbt)),
+            ..Default::default()
+        })
+        .run_config(quiet("pbt", &dir))
+        .fit()
+        .unwrap();
+    let journal = std::fs::read_to_string(grid.path.join(flare_tune::JOURNAL)).unwrap();
+    let exploits: Vec<serde_json::Value> = journal
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "exploit")
+        .collect();
+    assert!(!exploits.is_empty(), "no exploit happened:\n{journal}");
+    // The slowest learner (lr 0.1, trial 00000) was sent to a better trial's checkpoint and
+    // resumed from it: its results say whose checkpoint it continued from.
+    let worst = grid.results.iter().find(|r| r.trial_id == "00000").unwrap();
+    let e = exploits.iter().find(|e| e["id"] == "00000").expect("the worst trial exploited");
+    let donor = e["from"].as_str().unwrap();
+    assert_ne!(donor, "00000");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(worst.path.join("result.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.iter().any(|l| l["cloned_from"] == donor), "resumed from {donor}'s checkpoint");
+    assert_ne!(worst.config["lr"], 0.1, "its config was explored from the donor's");
+    assert!(grid.results.iter().all(|r| r.status == TrialStatus::Terminated && r.iterations == 12), "{:?}", grid.results);
+    let _ = std::fs::remove_dir_all(dir);
+}
