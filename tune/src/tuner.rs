@@ -499,11 +499,10 @@ impl Tuner {
             let refs: Vec<_> = live.iter().filter_map(|l| l.pending.clone()).collect();
             let (ready, _) = flare_core::wait(&refs, refs.len(), Some(Duration::from_millis(wait_ms + 100)))?;
             let mut finished: Vec<usize> = Vec::new();
-            for k in 0..live.len() {
-                let Some(r) = live[k].pending.clone().filter(|r| ready.contains(r)) else { continue };
-                live[k].pending = None;
-                let idx = live[k].idx;
-                let start = live[k].started.take().map(|s| s.get()).unwrap_or(Ok(()));
+            for (k, l) in live.iter_mut().enumerate() {
+                let Some(r) = l.pending.take_if(|r| ready.contains(r)) else { continue };
+                let idx = l.idx;
+                let start = l.started.take().map(|s| s.get()).unwrap_or(Ok(()));
                 let outcome: std::result::Result<Vec<Event>, String> = match start {
                     Err(e) => Err(format!("the trial could not start: {e}")),
                     Ok(()) => r.get().map_err(|e| format!("the trial's process died: {e}")),
