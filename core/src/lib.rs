@@ -51,6 +51,12 @@ pub fn init() -> Result<()> {
 
 /// Like [`init`], with settings.
 pub fn init_with(config: Config) -> Result<()> {
+    // Already running (a driver's second call, or a task or actor calling init, as a Tune trial
+    // that starts a Trainer does): nothing to do. Checked first, because a worker process still
+    // has the worker's environment and would otherwise start a second worker loop.
+    if runtime::try_runtime().is_some() {
+        return Ok(());
+    }
     worker::maybe_run();
     static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = STARTING.lock().unwrap_or_else(|p| p.into_inner());
