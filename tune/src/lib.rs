@@ -10,7 +10,7 @@ mod trial;
 mod tuner;
 
 pub use error::{Error, Result};
-pub use schedulers::{Asha, Decision, Fifo, MedianStopping, Pbt, TrialScheduler};
+pub use schedulers::{Asha, Decision, Fifo, HyperBand, MedianStopping, Pbt, TrialScheduler};
 pub use search::{ConcurrencyLimiter, Mode, RandomSearch, Repeater, Searcher, Suggestion, Tpe, TpeConfig};
 pub use space::{
     choice, grid_search, lograndint, loguniform, qloguniform, qrandint, quniform, randint, sample_from, uniform, Domain,

@@ -15,6 +15,9 @@ pub enum Decision {
     Exploit {
         from: String,
     },
+    /// Stop the trial's process (its resources are freed); it resumes from its latest
+    /// checkpoint when the scheduler lists it in [`TrialScheduler::take_resumed`].
+    Pause,
 }
 
 /// Ray Tune's `TrialScheduler` (the part that decides on results); implement it for your own.
@@ -27,6 +30,16 @@ pub trait TrialScheduler: Send {
     fn explore(&mut self, config: &serde_json::Value) -> serde_json::Value {
         config.clone()
     }
+    /// Paused trials to resume now.
+    fn take_resumed(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Paused trials that will not resume (stopped while paused).
+    fn take_stopped(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+    /// No more trials will be created (brackets waiting for members can close).
+    fn all_trials_started(&mut self) {}
 }
 
 /// Every trial runs until it returns.
@@ -187,6 +200,140 @@ impl TrialScheduler for MedianStopping {
     }
 }
 
+/// Synchronous HyperBand (Li et al.; Ray's `HyperBandScheduler`): brackets of
+/// `ceil((s_max + 1) / (s + 1) * eta^s)` trials that start at `max_t * eta^-s` iterations; every
+/// trial of a bracket pauses at the bracket's milestone until all have reached it, then the
+/// best `1 / eta` resume to the next milestone (`eta` times further) and the rest stop.
+/// Trainables should checkpoint every report, as pausing restarts them from their latest one.
+pub struct HyperBand {
+    pub max_t: u64,
+    pub eta: f64,
+    brackets: Vec<Bracket>,
+    assignment: HashMap<String, usize>,
+    resumed: Vec<String>,
+    stopped: Vec<String>,
+    closing: bool,
+}
+
+struct Bracket {
+    capacity: usize,
+    milestone: u64,
+    members: Vec<String>,
+    /// Scores at the current milestone of the members that reached it (and paused).
+    scores: HashMap<String, f64>,
+    /// Members that ended on their own.
+    ended: std::collections::HashSet<String>,
+}
+
+impl HyperBand {
+    pub fn new(max_t: u64, eta: f64) -> Self {
+        let eta = eta.max(2.0);
+        let max_t = max_t.max(1);
+        let s_max = ((max_t as f64).ln() / eta.ln() + 1e-9).floor() as i32;
+        let brackets = (0..=s_max)
+            .rev()
+            .map(|s| Bracket {
+                capacity: (((s_max + 1) as f64 / (s + 1) as f64) * eta.powi(s)).ceil() as usize,
+                milestone: ((max_t as f64) * eta.powi(-s)).round().max(1.0) as u64,
+                members: Vec::new(),
+                scores: HashMap::new(),
+                ended: Default::default(),
+            })
+            .collect();
+        HyperBand { max_t, eta, brackets, assignment: HashMap::new(), resumed: Vec::new(), stopped: Vec::new(), closing: false }
+    }
+
+    fn bracket_of(&mut self, id: &str) -> usize {
+        if let Some(b) = self.assignment.get(id) {
+            return *b;
+        }
+        let b = self.brackets.iter().position(|b| b.members.len() < b.capacity).unwrap_or_else(|| {
+            // Every bracket is full: start a new round of brackets.
+            let fresh = HyperBand::new(self.max_t, self.eta).brackets;
+            let first = self.brackets.len();
+            self.brackets.extend(fresh);
+            first
+        });
+        self.brackets[b].members.push(id.to_string());
+        self.assignment.insert(id.to_string(), b);
+        b
+    }
+
+    /// Once every live member of a bracket reached its milestone: keep the best 1/eta.
+    fn maybe_advance(&mut self, b: usize) {
+        let closing = self.closing;
+        let br = &mut self.brackets[b];
+        let live: Vec<&String> = br.members.iter().filter(|m| !br.ended.contains(*m)).collect();
+        let full = br.members.len() >= br.capacity || closing;
+        if !full || live.is_empty() || !live.iter().all(|m| br.scores.contains_key(*m)) {
+            return;
+        }
+        let mut ranked: Vec<(String, f64)> = live.iter().map(|m| ((*m).clone(), br.scores[*m])).collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let keep = ((ranked.len() as f64 / self.eta).floor() as usize).max(1);
+        let next = ((br.milestone as f64) * self.eta).round() as u64;
+        for (i, (id, _)) in ranked.into_iter().enumerate() {
+            if i < keep && br.milestone < self.max_t {
+                self.resumed.push(id);
+            } else {
+                br.ended.insert(id.clone());
+                self.stopped.push(id);
+            }
+        }
+        br.scores.clear();
+        br.milestone = next.min(self.max_t);
+    }
+}
+
+impl TrialScheduler for HyperBand {
+    fn on_result(&mut self, trial_id: &str, iteration: u64, value: Option<f64>, mode: Mode) -> Decision {
+        let b = self.bracket_of(trial_id);
+        if iteration >= self.max_t {
+            return Decision::Stop;
+        }
+        let Some(v) = value else { return Decision::Continue };
+        if iteration < self.brackets[b].milestone || self.brackets[b].scores.contains_key(trial_id) {
+            return Decision::Continue;
+        }
+        self.brackets[b].scores.insert(trial_id.to_string(), if mode == Mode::Max { v } else { -v });
+        self.maybe_advance(b);
+        if self.stopped.iter().any(|s| s == trial_id) {
+            self.stopped.retain(|s| s != trial_id);
+            return Decision::Stop;
+        }
+        if let Some(pos) = self.resumed.iter().position(|s| s == trial_id) {
+            // It is the last to arrive and goes on at once.
+            self.resumed.remove(pos);
+            return Decision::Continue;
+        }
+        Decision::Pause
+    }
+    fn on_complete(&mut self, trial_id: &str) {
+        if let Some(&b) = self.assignment.get(trial_id) {
+            self.brackets[b].ended.insert(trial_id.to_string());
+            self.brackets[b].scores.remove(trial_id);
+            self.maybe_advance(b);
+        }
+    }
+    fn name(&self) -> &'static str {
+        "HyperBand"
+    }
+    fn take_resumed(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.resumed)
+    }
+    fn take_stopped(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.stopped)
+    }
+    fn all_trials_started(&mut self) {
+        if !self.closing {
+            self.closing = true;
+            for b in 0..self.brackets.len() {
+                self.maybe_advance(b);
+            }
+        }
+    }
+}
+
 /// Population-based training (Ray's `PopulationBasedTraining`): every `perturbation_interval`
 /// iterations, a trial in the bottom `quantile_fraction` (by its latest result) restarts from
 /// the checkpoint of a random trial in the top fraction (exploit), with that trial's config
@@ -330,6 +477,28 @@ mod tests {
             assert!([16, 32, 64].contains(&c["bs"].as_i64().unwrap()));
             assert_eq!(c["other"], 7, "parameters without a mutation stay");
         }
+    }
+
+    #[test]
+    fn hyperband_brackets_and_synchronous_halving() {
+        let h = HyperBand::new(9, 3.0);
+        let shape: Vec<(usize, u64)> = h.brackets.iter().map(|b| (b.capacity, b.milestone)).collect();
+        assert_eq!(shape, vec![(9, 1), (5, 3), (3, 9)], "Li et al.'s brackets for max_t 9, eta 3");
+        let mut h = HyperBand::new(9, 3.0);
+        // Nine trials fill the first bracket; each pauses at iteration 1 until all arrived.
+        for i in 0..8 {
+            assert_eq!(h.on_result(&format!("t{i}"), 1, Some(i as f64), Mode::Max), Decision::Pause);
+        }
+        assert!(h.take_resumed().is_empty());
+        // The ninth (the best) arrives last: the best 3 go on, the other 6 stop.
+        assert_eq!(h.on_result("t8", 1, Some(8.0), Mode::Max), Decision::Continue);
+        let mut resumed = h.take_resumed();
+        resumed.sort();
+        assert_eq!(resumed, vec!["t6", "t7"]);
+        assert_eq!(h.take_stopped().len(), 6);
+        // Next milestone: 3.
+        assert_eq!(h.on_result("t8", 2, Some(8.0), Mode::Max), Decision::Continue);
+        assert_eq!(h.on_result("t8", 3, Some(8.0), Mode::Max), Decision::Pause);
     }
 
     #[test]

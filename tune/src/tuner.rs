@@ -97,6 +97,8 @@ pub struct RunConfig {
 pub enum TrialStatus {
     Pending,
     Running,
+    /// Waiting for the scheduler (its process is gone; it resumes from its checkpoint).
+    Paused,
     /// Returned normally.
     Terminated,
     /// Stopped by the scheduler or the time budget.
@@ -105,6 +107,10 @@ pub enum TrialStatus {
 }
 
 impl TrialStatus {
+    /// Terminated, stopped or errored.
+    pub fn is_done(self) -> bool {
+        self.done()
+    }
     fn done(self) -> bool {
         matches!(self, TrialStatus::Terminated | TrialStatus::Stopped | TrialStatus::Error)
     }
@@ -112,6 +118,7 @@ impl TrialStatus {
         match self {
             TrialStatus::Pending => "PENDING",
             TrialStatus::Running => "RUNNING",
+            TrialStatus::Paused => "PAUSED",
             TrialStatus::Terminated => "TERMINATED",
             TrialStatus::Stopped => "STOPPED",
             TrialStatus::Error => "ERROR",
@@ -421,7 +428,26 @@ impl Tuner {
         let mut last_table = Instant::now();
         let mut searcher_done = false;
         let mut exploits: Vec<(usize, String)> = Vec::new();
+        let mut pauses: Vec<usize> = Vec::new();
+        let mut told_all_started = false;
         loop {
+            if !told_all_started && (searcher_done || trials.len() >= planned) {
+                told_all_started = true;
+                scheduler.all_trials_started();
+            }
+            // Paused trials the scheduler resumes (from their latest checkpoint) or stops.
+            for id in scheduler.take_resumed() {
+                if let Some(t) = trials.iter_mut().find(|t| t.trial_id == id && t.status == TrialStatus::Paused) {
+                    t.status = TrialStatus::Pending;
+                }
+            }
+            for id in scheduler.take_stopped() {
+                if let Some(t) = trials.iter_mut().find(|t| t.trial_id == id && t.status == TrialStatus::Paused) {
+                    t.status = TrialStatus::Stopped;
+                    searcher.on_trial_complete(&t.trial_id, Some(&t.metrics).filter(|m| !m.is_null()), false);
+                    journal.append(json!({"event": "done", "id": t.trial_id, "status": t.status, "error": null}))?;
+                }
+            }
             let over_budget = self.tune.time_budget.is_some_and(|b| started.elapsed() >= b);
             // Start trials while there is room: restored pending ones first, then new ones.
             while !over_budget && live.len() < limit {
@@ -477,6 +503,31 @@ impl Tuner {
                 }
                 t.status = TrialStatus::Running;
                 live.push(Live { idx, actor, started: Some(started), pending: None });
+            }
+            if live.is_empty() && trials.iter().any(|t| t.status == TrialStatus::Paused) && !over_budget {
+                // Everything left is paused: the scheduler must decide now.
+                scheduler.all_trials_started();
+                told_all_started = true;
+                if !trials.iter().any(|t| t.status == TrialStatus::Pending) {
+                    let resumed = scheduler.take_resumed();
+                    let stopped = scheduler.take_stopped();
+                    if resumed.is_empty() && stopped.is_empty() {
+                        return Err(Error::State("every remaining trial is paused and the scheduler resumes none".into()));
+                    }
+                    for id in resumed {
+                        if let Some(t) = trials.iter_mut().find(|t| t.trial_id == id) {
+                            t.status = TrialStatus::Pending;
+                        }
+                    }
+                    for id in stopped {
+                        if let Some(t) = trials.iter_mut().find(|t| t.trial_id == id && t.status == TrialStatus::Paused) {
+                            t.status = TrialStatus::Stopped;
+                            searcher.on_trial_complete(&t.trial_id, Some(&t.metrics).filter(|m| !m.is_null()), false);
+                            journal.append(json!({"event": "done", "id": t.trial_id, "status": t.status, "error": null}))?;
+                        }
+                    }
+                }
+                continue;
             }
             if live.is_empty() {
                 let more = !over_budget && !searcher_done && trials.len() < planned;
@@ -540,7 +591,15 @@ impl Tuner {
                             match scheduler.on_result(&t.trial_id, iteration, value, mode) {
                                 Decision::Continue => {}
                                 Decision::Stop => t.status = TrialStatus::Stopped,
-                                Decision::Exploit { from } => exploits.push((idx, from)),
+                                Decision::Exploit { from } => {
+                                    // Later reports of this batch ran past the decision: dropped.
+                                    exploits.push((idx, from));
+                                    break;
+                                }
+                                Decision::Pause => {
+                                    pauses.push(idx);
+                                    break;
+                                }
                             }
                         }
                         Event::Finished => t.status = TrialStatus::Terminated,
@@ -584,6 +643,15 @@ impl Tuner {
                     }
                 }
             }
+            // Pauses: the process goes; the trial waits for the scheduler to resume it.
+            for idx in pauses.drain(..) {
+                if trials[idx].status == TrialStatus::Running {
+                    trials[idx].status = TrialStatus::Paused;
+                    if let Some(k) = live.iter().position(|l| l.idx == idx) {
+                        finished.push(k);
+                    }
+                }
+            }
             // Exploits: the trial restarts from the donor's checkpoint with an explored config.
             for (idx, from) in exploits.drain(..) {
                 let Some(donor) = trials.iter().find(|d| d.trial_id == from) else { continue };
@@ -621,6 +689,11 @@ impl Tuner {
                 last_table = Instant::now();
                 eprintln!("{}", progress_table(&trials, metric.as_deref(), started.elapsed(), scheduler.name()));
             }
+        }
+        // Trials still paused when the sweep ends (time budget): stopped.
+        for t in trials.iter_mut().filter(|t| t.status == TrialStatus::Paused) {
+            t.status = TrialStatus::Stopped;
+            journal.append(json!({"event": "done", "id": t.trial_id, "status": t.status, "error": null}))?;
         }
         if verbose {
             eprintln!("{}", progress_table(&trials, metric.as_deref(), started.elapsed(), scheduler.name()));

@@ -359,3 +359,49 @@ fn pbt_restarts_the_worst_trial_from_a_better_trials_checkpoint() {
     assert!(grid.results.iter().all(|r| r.status == TrialStatus::Terminated && r.iterations == 12), "{:?}", grid.results);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+fn hb_trial(ctx: &mut TrialContext) -> R {
+    let q = ctx.config()["q"].as_f64().unwrap_or(0.0);
+    let mut t = 0u64;
+    if let Some(c) = ctx.checkpoint() {
+        t = std::fs::read_to_string(c.join("t"))?.trim().parse()?;
+    }
+    while t < 9 {
+        t += 1;
+        let ck = ctx.save_checkpoint(|d| Ok(std::fs::write(d.join("t"), t.to_string())?))?;
+        ctx.report(json!({"acc": q * (1.0 - 1.0 / (t as f64 + 1.0)), "t": t}), Some(ck))?;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+#[test]
+fn hyperband_pauses_at_each_milestone_and_keeps_the_best_third() {
+    init();
+    let dir = storage("hyperband");
+    let grid = Tuner::new(
+        hb_trial as flare_tune::Trainable,
+        ParamSpace::new().set("q", grid_search((1..=9).map(|q| q as f64).collect::<Vec<_>>())),
+    )
+    .tune_config(TuneConfig {
+        metric: Some("acc".into()),
+        mode: Mode::Max,
+        scheduler: Some(Box::new(flare_tune::HyperBand::new(9, 3.0))),
+        ..Default::default()
+    })
+    .run_config(quiet("hyperband", &dir))
+    .fit()
+    .unwrap();
+    // One bracket of 9 at milestone 1: the best 3 (q 9, 8, 7) go to 3, the best of those to 9.
+    for r in &grid.results {
+        let q = r.config["q"].as_f64().unwrap() as u64;
+        let want = match q {
+            9 => 9,
+            7 | 8 => 3,
+            _ => 1,
+        };
+        assert_eq!(r.metrics["t"].as_u64().unwrap(), want, "trial q={q}: {r:?}");
+        assert!(r.status.is_done(), "{r:?}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
