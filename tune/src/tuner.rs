@@ -80,14 +80,21 @@ impl Default for TuneConfig {
     }
 }
 
+/// How many failures a trial survives.
+#[derive(Clone, Debug, Default)]
+pub struct FailureConfig {
+    /// Retries of a failed trial (from its latest checkpoint); -1 is unlimited. Default 0.
+    pub max_failures: i32,
+}
+
 /// Where results go and how failures are handled.
 #[derive(Clone, Debug, Default)]
 pub struct RunConfig {
     pub name: Option<String>,
     /// Default `~/flare_results`.
     pub storage_path: Option<PathBuf>,
-    /// Retries of a failed trial (from its latest checkpoint); -1 is unlimited. Default 0.
-    pub max_failures: i32,
+    /// Retries of a failed trial.
+    pub failure: FailureConfig,
     /// The progress table (default on; `FLARE_TUNE_QUIET=1` turns it off).
     pub verbose: Option<bool>,
 }
@@ -605,7 +612,7 @@ impl Tuner {
                         Event::Finished => t.status = TrialStatus::Terminated,
                         Event::Failed { error } => {
                             t.failures += 1;
-                            let max = self.run.max_failures;
+                            let max = self.run.failure.max_failures;
                             if max < 0 || (t.failures as i64) <= max as i64 {
                                 t.status = TrialStatus::Pending;
                                 if verbose {

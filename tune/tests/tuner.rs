@@ -167,7 +167,7 @@ fn a_failed_trial_is_retried_from_its_checkpoint() {
     init();
     let dir = storage("retry");
     let grid = Tuner::new(flaky_trial as flare_tune::Trainable, ParamSpace::new())
-        .run_config(RunConfig { max_failures: 1, ..quiet("retry", &dir) })
+        .run_config(RunConfig { failure: flare_tune::FailureConfig { max_failures: 1 }, ..quiet("retry", &dir) })
         .fit()
         .unwrap();
     let r = &grid.results[0];
