@@ -18,6 +18,6 @@ pub use space::{
 };
 pub use trial::{BoxError, Trainable, TrialContext, TrialWorker};
 pub use tuner::{
-    progress_table, tuner_journal_name, with_resources, Resources, ResultGrid, RunConfig, TrialResult, TrialStatus, TuneConfig,
-    Tuner, WithResources, JOURNAL,
+    progress_table, tuner_journal_name, with_resources, FailureConfig, Resources, ResultGrid, RunConfig, TrialResult,
+    TrialStatus, TuneConfig, Tuner, WithResources, JOURNAL,
 };
