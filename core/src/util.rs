@@ -70,3 +70,46 @@ impl CodeRef {
         Ok(addr)
     }
 }
+
+/// Events that a background thread of an actor sends, handed to callers of a polling method:
+/// the actor's `start` opens it and gives the sender to the thread, its `poll` drains it.
+pub struct Mailbox<T> {
+    rx: std::sync::Mutex<Option<std::sync::mpsc::Receiver<T>>>,
+}
+
+impl<T> Default for Mailbox<T> {
+    fn default() -> Self {
+        Mailbox { rx: std::sync::Mutex::new(None) }
+    }
+}
+
+impl<T> Mailbox<T> {
+    pub fn new() -> Self {
+        Mailbox::default()
+    }
+
+    /// Opens the mailbox once; the sender goes to the thread that produces the events.
+    pub fn open(&self) -> Result<std::sync::mpsc::Sender<T>, String> {
+        let mut rx = self.rx.lock().unwrap_or_else(|p| p.into_inner());
+        if rx.is_some() {
+            return Err("this actor was started already".into());
+        }
+        let (tx, r) = std::sync::mpsc::channel();
+        *rx = Some(r);
+        Ok(tx)
+    }
+
+    /// The events since the last poll; waits up to `wait` for the first.
+    pub fn poll(&self, wait: std::time::Duration) -> Vec<T> {
+        let rx = self.rx.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(rx) = rx.as_ref() else { return Vec::new() };
+        let mut out = Vec::new();
+        if let Ok(e) = rx.recv_timeout(wait) {
+            out.push(e);
+            while let Ok(e) = rx.try_recv() {
+                out.push(e);
+            }
+        }
+        out
+    }
+}

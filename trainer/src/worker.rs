@@ -5,8 +5,7 @@ use crate::context::{Event, TrainContext, TrainLoop};
 use flare_collectives::{AsyncCommunicator, Backend, GroupOptions, TcpStore};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A train loop named across processes (see [`flare_core::util::CodeRef`]).
@@ -85,7 +84,7 @@ pub(crate) fn parse_backend(s: &str) -> Result<Backend, String> {
 
 /// A rank of a [`crate::Trainer`].
 pub struct TrainWorker {
-    events: Mutex<Option<Receiver<Event>>>,
+    events: flare_core::util::Mailbox<Event>,
 }
 
 fn run_rank(s: Setup, tx: std::sync::mpsc::Sender<Event>) -> Result<(), String> {
@@ -158,7 +157,7 @@ impl TrainWorker {
             libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
             libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
         }
-        TrainWorker { events: Mutex::new(None) }
+        TrainWorker { events: flare_core::util::Mailbox::new() }
     }
 
     fn placement(&self) -> Placement {
@@ -167,12 +166,7 @@ impl TrainWorker {
 
     /// Starts the train loop on its own thread and returns at once.
     fn start(&self, setup: Setup) -> Result<(), String> {
-        let mut ev = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        if ev.is_some() {
-            return Err("this rank was started already".into());
-        }
-        let (tx, rx) = std::sync::mpsc::channel();
-        *ev = Some(rx);
+        let tx = self.events.open()?;
         let rank = setup.rank;
         std::thread::Builder::new()
             .name(format!("flare-train-rank{rank}"))
@@ -190,17 +184,6 @@ impl TrainWorker {
 
     /// The events since the last poll; waits up to `wait_ms` for the first.
     fn poll(&self, wait_ms: u64) -> Vec<Event> {
-        let ev = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(rx) = ev.as_ref() else { return Vec::new() };
-        let mut out = Vec::new();
-        match rx.recv_timeout(Duration::from_millis(wait_ms)) {
-            Ok(e) => out.push(e),
-            Err(RecvTimeoutError::Timeout) => return out,
-            Err(RecvTimeoutError::Disconnected) => return out,
-        }
-        while let Ok(e) = rx.try_recv() {
-            out.push(e);
-        }
-        out
+        self.events.poll(Duration::from_millis(wait_ms))
     }
 }

@@ -4,8 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::Mutex;
+use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 /// The error a trainable returns.
@@ -100,7 +99,7 @@ impl TrialContext {
 
 /// A trial's actor.
 pub struct TrialWorker {
-    events: Mutex<Option<Receiver<Event>>>,
+    events: flare_core::util::Mailbox<Event>,
 }
 
 fn run(s: TrialSetup, tx: Sender<Event>) -> Result<(), String> {
@@ -124,16 +123,11 @@ fn run(s: TrialSetup, tx: Sender<Event>) -> Result<(), String> {
 #[flare_macros::actor(crate = ::flare_core)]
 impl TrialWorker {
     fn new() -> Self {
-        TrialWorker { events: Mutex::new(None) }
+        TrialWorker { events: flare_core::util::Mailbox::new() }
     }
 
     fn start(&self, setup: TrialSetup) -> Result<(), String> {
-        let mut ev = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        if ev.is_some() {
-            return Err("this trial was started already".into());
-        }
-        let (tx, rx) = std::sync::mpsc::channel();
-        *ev = Some(rx);
+        let tx = self.events.open()?;
         std::thread::Builder::new()
             .name("flare-trial".into())
             .spawn(move || {
@@ -149,16 +143,6 @@ impl TrialWorker {
 
     /// The events since the last poll; waits up to `wait_ms` for the first.
     fn poll(&self, wait_ms: u64) -> Vec<Event> {
-        let ev = self.events.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(rx) = ev.as_ref() else { return Vec::new() };
-        let mut out = Vec::new();
-        match rx.recv_timeout(Duration::from_millis(wait_ms)) {
-            Ok(e) => out.push(e),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return out,
-        }
-        while let Ok(e) = rx.try_recv() {
-            out.push(e);
-        }
-        out
+        self.events.poll(Duration::from_millis(wait_ms))
     }
 }
