@@ -24,6 +24,8 @@ pub enum Decision {
 pub trait TrialScheduler: Send {
     /// `iteration` counts from 1; `value` is the metric (None when the result lacks it).
     fn on_result(&mut self, trial_id: &str, iteration: u64, value: Option<f64>, mode: Mode) -> Decision;
+    /// A trial was created (before its first result).
+    fn on_trial_add(&mut self, _trial_id: &str) {}
     fn on_complete(&mut self, _trial_id: &str) {}
     fn name(&self) -> &'static str;
     /// A new config from a donor's, for [`Decision::Exploit`].
@@ -286,6 +288,11 @@ impl HyperBand {
 }
 
 impl TrialScheduler for HyperBand {
+    fn on_trial_add(&mut self, trial_id: &str) {
+        // Bracket membership is decided at creation, so a bracket waits for members that have
+        // not reported yet.
+        self.bracket_of(trial_id);
+    }
     fn on_result(&mut self, trial_id: &str, iteration: u64, value: Option<f64>, mode: Mode) -> Decision {
         let b = self.bracket_of(trial_id);
         if iteration >= self.max_t {

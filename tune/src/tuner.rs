@@ -437,6 +437,7 @@ impl Tuner {
         let mut exploits: Vec<(usize, String)> = Vec::new();
         let mut pauses: Vec<usize> = Vec::new();
         let mut told_all_started = false;
+        let mut added: std::collections::HashSet<String> = std::collections::HashSet::new();
         loop {
             if !told_all_started && (searcher_done || trials.len() >= planned) {
                 told_all_started = true;
@@ -491,6 +492,9 @@ impl Tuner {
                     }
                 };
                 let t = &mut trials[idx];
+                if added.insert(t.trial_id.clone()) {
+                    scheduler.on_trial_add(&t.trial_id);
+                }
                 std::fs::create_dir_all(&t.path).map_err(|e| Error::Io(format!("creating {}: {e}", t.path.display())))?;
                 let _ = std::fs::write(t.path.join("params.json"), serde_json::to_string_pretty(&t.config).unwrap_or_default());
                 let actor = TrialWorker::remote().num_cpus(res.cpu).num_gpus(res.gpu).memory(res.memory).spawn()?;
