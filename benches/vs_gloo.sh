@@ -15,15 +15,7 @@ sizes="${1:-64K,1M,16M}"
 worlds="${2:-2 4}"
 iters="${3:-30}"
 rounds="${4:-3}"
-venv="${FLARE_TORCH_VENV:-$HOME/.cache/flare/torch-venv}"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q torch numpy
-fi
-cargo build --release -q -p flare-cli
-flare=target/release/flare
-tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
+. benches/torch_env.sh
 echo "torch $("$venv/bin/python" -c 'import torch; print(torch.__version__)'), $(nproc) cores, iters=$iters, median of $rounds rounds"
 printf "%-14s %3s %10s %12s %12s %12s %10s %10s\n" op n bytes gloo_busbw ring_busbw shm_busbw ring/gloo shm/gloo
 for n in $worlds; do

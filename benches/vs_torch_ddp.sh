@@ -16,15 +16,7 @@ widths="${2:-784,1024,1024,10}"
 batch="${3:-256}"
 steps="${4:-30}"
 rounds="${5:-3}"
-venv="${FLARE_TORCH_VENV:-$HOME/.cache/flare/torch-venv}"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q torch numpy
-fi
-cargo build --release -q -p flare-cli
-flare=target/release/flare
-tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
+. benches/torch_env.sh
 echo "torch $("$venv/bin/python" -c 'import torch; print(torch.__version__)'), $(nproc) cores, MLP $widths, global batch $batch, Adam, $steps steps, median of $rounds rounds"
 for _ in $(seq "$rounds"); do
     "$venv/bin/python" benches/ddp_torch.py --ranks "$ranks" --widths "$widths" --batch "$batch" --steps "$steps" >>"$tmp/torch"

@@ -60,33 +60,27 @@ pub fn all_reduce_mean(comm: &AsyncCommunicator, grads: Grads, bucket_bytes: usi
             pending.push(Pending::Device(comm.submit(move |c| c.all_reduce_tensor(&flat, ReduceOp::Mean))));
         }
     }
+    // Each reduced bucket becomes one tensor (the host vector is moved, not copied) and every
+    // gradient a view of its part.
     let mut out = grads.0.clone();
     let mut waited = Duration::ZERO;
     for (bucket, p) in plan.iter().zip(pending) {
         let t0 = Instant::now();
-        match p {
+        let flat = match p {
             Pending::Host(w) => {
-                let flat = w.wait()?;
-                waited += t0.elapsed();
-                let mut off = 0;
-                for &i in bucket {
-                    let g = &grads.0[i];
-                    let n = g.elem_count();
-                    out[i] = Tensor::from_slice(&flat[off..off + n], g.dims(), g.device())?;
-                    off += n;
-                }
+                let v = w.wait()?;
+                let n = v.len();
+                Tensor::from_vec(v, n, &Device::Cpu)?
             }
-            Pending::Device(w) => {
-                let flat = w.wait()?;
-                waited += t0.elapsed();
-                let mut off = 0;
-                for &i in bucket {
-                    let g = &grads.0[i];
-                    let n = g.elem_count();
-                    out[i] = flat.narrow(0, off, n)?.reshape(g.dims())?;
-                    off += n;
-                }
-            }
+            Pending::Device(w) => w.wait()?,
+        };
+        waited += t0.elapsed();
+        let mut off = 0;
+        for &i in bucket {
+            let g = &grads.0[i];
+            let n = g.elem_count();
+            out[i] = flat.narrow(0, off, n)?.reshape(g.dims())?;
+            off += n;
         }
     }
     Ok((Grads(out), waited))

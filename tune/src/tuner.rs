@@ -444,18 +444,7 @@ impl Tuner {
                 scheduler.all_trials_started();
             }
             // Paused trials the scheduler resumes (from their latest checkpoint) or stops.
-            for id in scheduler.take_resumed() {
-                if let Some(t) = trials.iter_mut().find(|t| t.trial_id == id && t.status == TrialStatus::Paused) {
-                    t.status = TrialStatus::Pending;
-                }
-            }
-            for id in scheduler.take_stopped() {
-                if let Some(t) = trials.iter_mut().find(|t| t.trial_id == id && t.status == TrialStatus::Paused) {
-                    t.status = TrialStatus::Stopped;
-                    searcher.on_trial_complete(&t.trial_id, Some(&t.metrics).filter(|m| !m.is_null()), false);
-                    journal.append(json!({"event": "done", "id": t.trial_id, "status": t.status, "error": null}))?;
-                }
-            }
+            apply_resumed_and_stopped(scheduler.as_mut(), &mut trials, searcher.as_mut(), &mut journal)?;
             let over_budget = self.tune.time_budget.is_some_and(|b| started.elapsed() >= b);
             // Start trials while there is room: restored pending ones first, then new ones.
             while !over_budget && live.len() < limit {
@@ -519,24 +508,10 @@ impl Tuner {
                 // Everything left is paused: the scheduler must decide now.
                 scheduler.all_trials_started();
                 told_all_started = true;
-                if !trials.iter().any(|t| t.status == TrialStatus::Pending) {
-                    let resumed = scheduler.take_resumed();
-                    let stopped = scheduler.take_stopped();
-                    if resumed.is_empty() && stopped.is_empty() {
-                        return Err(Error::State("every remaining trial is paused and the scheduler resumes none".into()));
-                    }
-                    for id in resumed {
-                        if let Some(t) = trials.iter_mut().find(|t| t.trial_id == id) {
-                            t.status = TrialStatus::Pending;
-                        }
-                    }
-                    for id in stopped {
-                        if let Some(t) = trials.iter_mut().find(|t| t.trial_id == id && t.status == TrialStatus::Paused) {
-                            t.status = TrialStatus::Stopped;
-                            searcher.on_trial_complete(&t.trial_id, Some(&t.metrics).filter(|m| !m.is_null()), false);
-                            journal.append(json!({"event": "done", "id": t.trial_id, "status": t.status, "error": null}))?;
-                        }
-                    }
+                if !trials.iter().any(|t| t.status == TrialStatus::Pending)
+                    && !apply_resumed_and_stopped(scheduler.as_mut(), &mut trials, searcher.as_mut(), &mut journal)?
+                {
+                    return Err(Error::State("every remaining trial is paused and the scheduler resumes none".into()));
                 }
                 continue;
             }
@@ -634,12 +609,7 @@ impl Tuner {
                 if t.status.done() {
                     finished.push(k);
                     scheduler.on_complete(&t.trial_id);
-                    searcher.on_trial_complete(
-                        &t.trial_id,
-                        Some(&t.metrics).filter(|m| !m.is_null()),
-                        t.status == TrialStatus::Error,
-                    );
-                    journal.append(json!({"event": "done", "id": t.trial_id, "status": t.status, "error": t.error}))?;
+                    end_trial(t, searcher.as_mut(), &mut journal)?;
                 }
             }
             if self.tune.time_budget.is_some_and(|b| started.elapsed() >= b) {
@@ -648,8 +618,7 @@ impl Tuner {
                     if !t.status.done() && t.status != TrialStatus::Pending {
                         t.status = TrialStatus::Stopped;
                         scheduler.on_complete(&t.trial_id);
-                        searcher.on_trial_complete(&t.trial_id, Some(&t.metrics).filter(|m| !m.is_null()), false);
-                        journal.append(json!({"event": "done", "id": t.trial_id, "status": t.status, "error": null}))?;
+                        end_trial(t, searcher.as_mut(), &mut journal)?;
                         finished.push(k);
                     }
                 }
@@ -711,6 +680,34 @@ impl Tuner {
         }
         Ok(ResultGrid { results: trials, metric, mode, path: dir })
     }
+}
+
+/// A trial ended: the searcher hears its last result (or its error) and the journal records it.
+fn end_trial(t: &TrialResult, searcher: &mut dyn Searcher, journal: &mut Journal) -> Result<()> {
+    searcher.on_trial_complete(&t.trial_id, Some(&t.metrics).filter(|m| !m.is_null()), t.status == TrialStatus::Error);
+    journal.append(json!({"event": "done", "id": t.trial_id, "status": t.status, "error": t.error}))
+}
+
+/// Applies the scheduler's resume and stop lists to paused trials; whether there was any.
+fn apply_resumed_and_stopped(
+    scheduler: &mut dyn TrialScheduler,
+    trials: &mut [TrialResult],
+    searcher: &mut dyn Searcher,
+    journal: &mut Journal,
+) -> Result<bool> {
+    let (resumed, stopped) = (scheduler.take_resumed(), scheduler.take_stopped());
+    for id in &resumed {
+        if let Some(t) = trials.iter_mut().find(|t| &t.trial_id == id && t.status == TrialStatus::Paused) {
+            t.status = TrialStatus::Pending;
+        }
+    }
+    for id in &stopped {
+        if let Some(t) = trials.iter_mut().find(|t| &t.trial_id == id && t.status == TrialStatus::Paused) {
+            t.status = TrialStatus::Stopped;
+            end_trial(t, searcher, journal)?;
+        }
+    }
+    Ok(!resumed.is_empty() || !stopped.is_empty())
 }
 
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
