@@ -1,5 +1,6 @@
 //! The `flare` command line. Thin: parse arguments, call into the library.
 
+mod bench_cluster;
 mod bench_collectives;
 mod bench_train;
 mod bench_tune;
@@ -269,6 +270,16 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A head and two node agents on this machine: cross-node object transfer and tasks/s on 1 vs 2 nodes.
+    Cluster {
+        /// Object size in bytes (K, M, G suffixes: powers of two).
+        #[arg(long, default_value = "1G")]
+        size: String,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[arg(long, default_value_t = 2000)]
+        tasks: usize,
+    },
     /// Data-parallel training step time (forward, backward, all-reduce, optimizer) per world size.
     Train {
         /// World sizes, comma-separated.
@@ -462,6 +473,10 @@ fn main() -> anyhow::Result<()> {
             } else {
                 println!("{case}: {trials} trials, {reports} reports in {wall:.3} s");
             }
+        }
+        Command::Bench { command: BenchCommand::Cluster { size, rounds, tasks } } => {
+            let size = bench_collectives::parse_sizes(&size)?.first().copied().unwrap_or(1 << 30) as u64;
+            println!("{}", bench_cluster::run(size, rounds, tasks)?);
         }
         Command::Bench { command: BenchCommand::Train { ranks, widths, batch, steps, warmup, backend, autograd, json } } => {
             let list = |s: &str, what: &str| -> anyhow::Result<Vec<usize>> {

@@ -183,8 +183,14 @@ impl ObjectData {
     }
 
     /// Maps the store file of object `id` read-only, holding a reference to the object.
+    /// On a worker whose driver is on another node, a file that is not on this node is pulled
+    /// first (and the copy deleted once mapped).
     pub fn map_file(id: ObjectId, path: &str) -> std::io::Result<ObjectData> {
-        let file = std::fs::File::open(path)?;
+        let pulled = crate::transfer::localize(id, path)?;
+        let file = std::fs::File::open(pulled.as_deref().unwrap_or(std::path::Path::new(path)))?;
+        if let Some(p) = &pulled {
+            let _ = std::fs::remove_file(p);
+        }
         // Safety: store files are written once, before they are published, and not modified
         // while referenced (a mapping holds a reference through its pin).
         let map = unsafe { Mmap::map(&file)? };

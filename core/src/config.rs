@@ -35,6 +35,16 @@ pub struct Config {
     /// Runs every task and actor call in the driver process, synchronously, for debugging.
     /// No workers, no scheduling. Default false.
     pub local_mode: bool,
+    /// A cluster to join: its head's `http://host:port` (what `flare start --head` prints).
+    /// Default: `FLARE_ADDRESS`, else none (an embedded single-node cluster). A driver that joins
+    /// schedules on the cluster's nodes; its own node offers only what `num_cpus`/`num_gpus`
+    /// declare (default none), since the machine's resources belong to its node agent.
+    pub address: Option<String>,
+    /// The cluster token. Default: `FLARE_TOKEN`, else `RAY_AUTH_TOKEN`, else the token file of
+    /// the session directory `~/.flare/session_latest`.
+    pub token: Option<String>,
+    /// The address other nodes reach this driver at. Default: `FLARE_NODE_IP`, else 127.0.0.1.
+    pub node_ip: Option<String>,
 }
 
 impl Default for Config {
@@ -52,6 +62,9 @@ impl Default for Config {
             infeasible_grace: Duration::from_secs(1),
             log_to_driver: true,
             local_mode: false,
+            address: None,
+            token: None,
+            node_ip: None,
         }
     }
 }
@@ -59,6 +72,15 @@ impl Default for Config {
 impl Config {
     pub fn new() -> Self {
         Self::default()
+    }
+    /// Joins the cluster whose head serves at `address` (`http://host:port`).
+    pub fn address(mut self, address: impl Into<String>) -> Self {
+        self.address = Some(address.into());
+        self
+    }
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
     }
     pub fn num_cpus(mut self, n: f64) -> Self {
         self.num_cpus = Some(n);

@@ -5,6 +5,7 @@
 
 pub mod actor;
 mod buffer;
+pub mod cluster_utils;
 pub mod codec;
 pub mod config;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod spec;
 pub mod state;
 mod store;
 mod task;
+mod transfer;
 pub mod util;
 mod worker;
 
@@ -63,18 +65,28 @@ pub fn init_with(config: Config) -> Result<()> {
     if runtime::try_runtime().is_some() {
         return Ok(());
     }
-    if let Ok(addr) = std::env::var("FLARE_ADDRESS") {
-        if !addr.is_empty() && !config.local_mode {
-            return Err(Error::Config(format!(
-                "FLARE_ADDRESS={addr} asks to join a cluster, but this build runs embedded single-node clusters only; \
-                 unset FLARE_ADDRESS to start one in this process"
-            )));
-        }
-    }
+    let address = config.address.clone().or_else(|| std::env::var("FLARE_ADDRESS").ok()).filter(|a| !a.trim().is_empty());
     let (core, shm): (Arc<dyn runtime::Core>, _) = if config.local_mode {
         let dir = std::env::temp_dir().join(format!("flare_local_{}_{}", std::process::id(), util::now_ms()));
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         (Arc::new(local::LocalCore::new(dir.clone())), dir)
+    } else if let Some(address) = address {
+        let token = cluster_token(&config)?;
+        let node_ip =
+            config.node_ip.clone().or_else(|| std::env::var("FLARE_NODE_IP").ok()).unwrap_or_else(|| "127.0.0.1".into());
+        // The machine's resources belong to its node agent; the driver's node offers only what
+        // the config declares.
+        let mut local = config.clone();
+        local.num_cpus = Some(config.num_cpus.unwrap_or(0.0));
+        local.num_gpus = Some(config.num_gpus.unwrap_or(0.0));
+        local.prestart_workers = Some(config.prestart_workers.unwrap_or(0));
+        let node = node::Node::start(&local)?;
+        if let Err(e) = node.join(&address, token, &node_ip) {
+            node.shutdown();
+            return Err(e);
+        }
+        let shm = node.session.shm_dir.clone();
+        (Arc::new(node::DriverCore { node }), shm)
     } else {
         let node = node::Node::start(&config)?;
         let shm = node.session.shm_dir.clone();
@@ -94,6 +106,20 @@ pub fn init_with(config: Config) -> Result<()> {
         unsafe { libc::atexit(at_exit) };
     });
     Ok(())
+}
+
+/// The token a joining driver presents: the config's, `FLARE_TOKEN`, `RAY_AUTH_TOKEN`, or the
+/// default session directory's token file.
+fn cluster_token(config: &Config) -> Result<String> {
+    if let Some(t) =
+        config.token.clone().or_else(|| std::env::var("FLARE_TOKEN").ok()).or_else(|| std::env::var("RAY_AUTH_TOKEN").ok())
+    {
+        return Ok(t.trim().to_string());
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let dir = std::path::Path::new(&home).join(".flare").join("session_latest");
+    head::read_token(&dir)
+        .map_err(|e| Error::Config(format!("joining a cluster needs its token: set FLARE_TOKEN=$(flare token) ({e})")))
 }
 
 /// Stops the embedded cluster: workers exit and the session's shared memory is removed.
@@ -123,6 +149,12 @@ pub fn is_cancelled() -> bool {
 /// The state API: tasks, actors, objects, placement groups, workers and resources.
 pub fn list(query: StateQuery) -> Result<state::StateSnapshot> {
     Ok(runtime::runtime()?.core.state(query)?)
+}
+
+/// The nodes this driver schedules on: its own (`is_local`) and, once it joined a cluster, each
+/// node agent's, with the ids `SchedulingStrategy::NodeAffinity` takes.
+pub fn nodes() -> Result<Vec<state::NodeInfo>> {
+    Ok(list(StateQuery::Nodes)?.nodes)
 }
 
 /// Total and available resources of the cluster, and the object store's use.

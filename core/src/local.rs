@@ -239,6 +239,7 @@ impl Core for LocalCore {
                         pid: Some(std::process::id()),
                         restarts: 0,
                         death_cause: a.death.as_ref().map(|e| e.message.clone()),
+                        node: Some(crate::ids::NodeId(0)),
                     })
                     .collect()
             }

@@ -1,4 +1,5 @@
-//! The framed protocol between a node and its workers over a Unix socket: a 4-byte little-endian
+//! The framed protocols: a node and its workers (over a Unix socket, or TCP for workers on other
+//! nodes), and a driver and the node agents that run its workers: a 4-byte little-endian
 //! length, then one bincode-encoded message. Frames are bounded; large objects never travel in
 //! frames (they go through shared-memory files), so a frame past the bound is a protocol error.
 //! **Architecture Invariant:** only this module knows the wire format of node-worker messages.
@@ -11,7 +12,6 @@ use crate::spec::{ActorCallSpec, ActorSpec, PlacementGroupSpec, TaskSpec};
 use crate::state::StateSnapshot;
 use serde::{Deserialize, Serialize};
 use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 
 /// The largest frame either side accepts.
@@ -86,14 +86,101 @@ pub enum ToWorker {
     Exit,
 }
 
+/// The first frame on a TCP connection to a node's cluster port (a driver's node, or a node
+/// agent). Every kind carries the cluster token; a connection without the right one is dropped.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Hello {
+    /// A worker on another node connects back to its driver's node; `ToNode`/`ToWorker` follow.
+    Worker { token: String, worker_id: WorkerId, pid: u32 },
+    /// Pull an object file (`path` on the serving node); a [`PullReply`] and the raw bytes follow.
+    /// `consume` deletes the file once sent (results that move to their owner).
+    /// `len` bytes from `offset` (clamped to the file); the reply gives the whole file's size.
+    Pull { token: String, path: String, offset: u64, len: u64, consume: bool },
+    /// A driver asks a node agent to run workers for it; `ToAgent`/`FromAgent` follow.
+    Driver { token: String, exe_hash: String, exe_size: u64, pid: u32, worker_addr: String },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PullReply {
+    Ok { size: u64 },
+    Err(String),
+}
+
+/// Driver to node agent.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToAgent {
+    /// Part of the driver's executable, when the agent does not have it cached.
+    ExeChunk(#[serde(with = "serde_bytes")] Vec<u8>),
+    ExeEnd,
+    /// Start a worker for the driver; it connects back to the driver's `worker_addr`.
+    Spawn {
+        wid: WorkerId,
+        gpu_key: Vec<u32>,
+    },
+    Kill {
+        wid: WorkerId,
+    },
+}
+
+/// Node agent to driver.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FromAgent {
+    Welcome {
+        node_id: String,
+        need_exe: bool,
+    },
+    /// The executable is in place; workers can start.
+    Ready,
+    Refused(String),
+    Spawned {
+        wid: WorkerId,
+        pid: u32,
+    },
+    Exited {
+        wid: WorkerId,
+        reason: String,
+    },
+    Log {
+        wid: WorkerId,
+        line: String,
+    },
+}
+
+/// Writes one frame to an unbuffered stream (handshakes, before a [`Conn`] takes over).
+pub fn write_frame<M: Serialize>(w: &mut impl Write, msg: &M) -> io::Result<()> {
+    let body = bincode::serialize(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    if body.len() > MAX_FRAME as usize {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "message exceeds the frame limit"));
+    }
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    w.write_all(&out)?;
+    w.flush()
+}
+
+/// Reads one frame of at most `limit` bytes, reading nothing past it (the raw bytes of a pull
+/// follow its reply).
+pub fn read_frame<M: for<'de> Deserialize<'de>>(r: &mut impl Read, limit: u32) -> io::Result<M> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len);
+    if len > limit.min(MAX_FRAME) {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes exceeds the {limit}-byte limit")));
+    }
+    let mut buf = vec![0u8; len as usize];
+    r.read_exact(&mut buf)?;
+    bincode::deserialize(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 /// The sending half of a connection, shared by the threads that send on it.
 pub struct Conn {
-    writer: Mutex<BufWriter<UnixStream>>,
+    writer: Mutex<BufWriter<Box<dyn Write + Send>>>,
 }
 
 impl Conn {
-    pub fn new(stream: UnixStream) -> Self {
-        Conn { writer: Mutex::new(BufWriter::with_capacity(64 * 1024, stream)) }
+    pub fn new(stream: impl Write + Send + 'static) -> Self {
+        Conn { writer: Mutex::new(BufWriter::with_capacity(64 * 1024, Box::new(stream))) }
     }
 
     /// Sends one message and flushes it.
@@ -114,13 +201,13 @@ impl Conn {
 
 /// The receiving half of a connection.
 pub struct Receiver {
-    reader: BufReader<UnixStream>,
+    reader: BufReader<Box<dyn Read + Send>>,
     buf: Vec<u8>,
 }
 
 impl Receiver {
-    pub fn new(stream: UnixStream) -> Self {
-        Receiver { reader: BufReader::with_capacity(64 * 1024, stream), buf: Vec::new() }
+    pub fn new(stream: impl Read + Send + 'static) -> Self {
+        Receiver { reader: BufReader::with_capacity(64 * 1024, Box::new(stream)), buf: Vec::new() }
     }
 
     /// The next message; `Ok(None)` at a clean end of stream.

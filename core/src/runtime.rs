@@ -54,6 +54,7 @@ pub enum StateQuery {
     PlacementGroups,
     Workers,
     Resources,
+    Nodes,
 }
 
 /// The operations a process needs from its node. The driver calls the embedded node directly;

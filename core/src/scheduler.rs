@@ -15,7 +15,7 @@ pub enum SchedulingStrategy {
     /// Hybrid: the local node while it is below the spread threshold, then the least loaded.
     #[default]
     Default,
-    /// Spread over the nodes that fit, round robin.
+    /// Spread over the nodes that fit: the least utilized, round robin among equals.
     Spread,
     /// A given node; `soft` falls back to the default policy when it cannot take the work.
     NodeAffinity { node: NodeId, soft: bool },
@@ -125,7 +125,7 @@ impl SchedulingPolicy for HybridPolicy {
     }
 }
 
-/// Round robin over the nodes that fit now.
+/// SPREAD: the least utilized node that fits now, round robin among equals.
 #[derive(Default)]
 pub struct SpreadPolicy {
     next: AtomicUsize,
@@ -136,11 +136,16 @@ impl SchedulingPolicy for SpreadPolicy {
         if let Some(why) = infeasibility(req, nodes) {
             return SchedulingResult::Infeasible(why);
         }
+        // The least utilized node that fits now; ties go round robin, so a burst of work lands
+        // on as many nodes as there are.
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..nodes.len())
-            .map(|i| &nodes[(start + i) % nodes.len()])
-            .find(|n| fits_now(req, n.pool))
-            .map(|n| SchedulingResult::Scheduled(n.id))
+        let len = nodes.len();
+        (0..len)
+            .map(|i| &nodes[(start + i) % len])
+            .enumerate()
+            .filter(|(_, n)| fits_now(req, n.pool))
+            .min_by(|(i, a), (j, b)| a.pool.utilization().total_cmp(&b.pool.utilization()).then(i.cmp(j)))
+            .map(|(_, n)| SchedulingResult::Scheduled(n.id))
             .unwrap_or(SchedulingResult::Queued)
     }
 }

@@ -1,7 +1,7 @@
 //! The state API: what tasks, actors, objects, placement groups and workers exist and what
 //! state each is in (what `ray list ...` shows). See `docs/design/` for the state machines.
 
-use crate::ids::{ActorId, ObjectId, PlacementGroupId, TaskId, WorkerId};
+use crate::ids::{ActorId, NodeId, ObjectId, PlacementGroupId, TaskId, WorkerId};
 use crate::resources::ResourceSet;
 use crate::scheduler::PlacementStrategy;
 use serde::{Deserialize, Serialize};
@@ -55,6 +55,8 @@ pub struct ActorInfo {
     pub pid: Option<u32>,
     pub restarts: u32,
     pub death_cause: Option<String>,
+    /// The node its worker runs on.
+    pub node: Option<NodeId>,
 }
 
 /// Where an object's bytes are.
@@ -120,6 +122,21 @@ pub struct WorkerInfo {
     pub state: WorkerState,
     /// The GPU ids the worker was started with (its `CUDA_VISIBLE_DEVICES`).
     pub gpu_ids: Vec<u32>,
+    pub node: NodeId,
+}
+
+/// A node the driver schedules on: its own (`is_local`), or a node agent of the cluster it joined.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub node_id: NodeId,
+    /// The node's name in the head's node table (`local` for the driver's own node).
+    pub name: String,
+    /// Where its agent listens (empty for the driver's own node).
+    pub address: String,
+    pub is_local: bool,
+    pub total: ResourceSet,
+    pub available: ResourceSet,
+    pub labels: Vec<(String, String)>,
 }
 
 /// Totals and what is free, and the store's use.
@@ -147,4 +164,5 @@ pub struct StateSnapshot {
     pub placement_groups: Vec<PlacementGroupInfo>,
     pub workers: Vec<WorkerInfo>,
     pub resources: Option<ClusterResources>,
+    pub nodes: Vec<NodeInfo>,
 }

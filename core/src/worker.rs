@@ -394,34 +394,63 @@ fn executor(ctx: Arc<Ctx>, rx: mpsc::Receiver<Work>) {
 
 /// Runs this process as a worker if the node started it as one; otherwise returns.
 pub(crate) fn maybe_run() {
-    let (Ok(socket), Ok(wid)) = (std::env::var(env::SOCKET), std::env::var(env::WORKER_ID)) else {
-        return;
+    let Ok(wid) = std::env::var(env::WORKER_ID) else { return };
+    let endpoint = match (std::env::var(env::SOCKET), std::env::var(env::TCP)) {
+        (Ok(socket), _) => Endpoint::Unix(socket),
+        (_, Ok(addr)) => Endpoint::Tcp(addr, std::env::var(env::TOKEN).unwrap_or_default()),
+        _ => return,
     };
     let Ok(wid) = wid.parse::<u64>() else {
         eprintln!("flare worker: {}={wid:?} is not a worker id", env::WORKER_ID);
         std::process::exit(2);
     };
-    run(&socket, WorkerId(wid), std::env::var(env::SHM_DIR).map(PathBuf::from).unwrap_or_else(|_| std::env::temp_dir()));
+    run(endpoint, WorkerId(wid), std::env::var(env::SHM_DIR).map(PathBuf::from).unwrap_or_else(|_| std::env::temp_dir()));
 }
 
-fn run(socket: &str, wid: WorkerId, shm: PathBuf) -> ! {
+/// How a worker reaches its node: the node's Unix socket, or (on another node than its
+/// driver) the driver node's TCP address and the cluster token.
+enum Endpoint {
+    Unix(String),
+    Tcp(String, String),
+}
+
+fn connect(endpoint: &Endpoint, wid: WorkerId, shm: &std::path::Path) -> std::io::Result<(Conn, Receiver)> {
+    match endpoint {
+        Endpoint::Unix(socket) => {
+            let stream = UnixStream::connect(socket)?;
+            let conn = Conn::new(stream.try_clone()?);
+            conn.send(&ToNode::Register { worker_id: wid, pid: std::process::id() })?;
+            Ok((conn, Receiver::new(stream)))
+        }
+        Endpoint::Tcp(addr, token) => {
+            let mut stream = crate::transfer::connect(addr)?;
+            let hello = crate::protocol::Hello::Worker { token: token.clone(), worker_id: wid, pid: std::process::id() };
+            crate::protocol::write_frame(&mut stream, &hello)?;
+            crate::transfer::set_remote_source(addr.clone(), token.clone(), shm.to_path_buf());
+            Ok((Conn::new(stream.try_clone()?), Receiver::new(stream)))
+        }
+    }
+}
+
+fn run(endpoint: Endpoint, wid: WorkerId, shm: PathBuf) -> ! {
     // Safety: plain process-attribute syscalls. Die with the node (the driver), and do not be
     // killed by a write to a closed socket.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
-    let stream = match UnixStream::connect(socket) {
-        Ok(s) => s,
+    let (conn, mut receiver) = match connect(&endpoint, wid, &shm) {
+        Ok(c) => c,
         Err(e) => {
-            eprintln!("flare worker: cannot connect to the node at {socket}: {e}");
+            let to = match &endpoint {
+                Endpoint::Unix(s) | Endpoint::Tcp(s, _) => s,
+            };
+            eprintln!("flare worker: cannot connect to the node at {to}: {e}");
             std::process::exit(1);
         }
     };
-    let Ok(write_half) = stream.try_clone() else { std::process::exit(1) };
-    let conn = Arc::new(Conn::new(write_half));
+    let conn = Arc::new(conn);
     let core = Arc::new(WorkerCore { conn: conn.clone(), pending: Mutex::new(HashMap::new()), next_req: AtomicU64::new(1) });
-    core.send(ToNode::Register { worker_id: wid, pid: std::process::id() });
     let rt = Arc::new(Runtime::new(core.clone(), wid, shm));
     if crate::runtime::install(rt).is_err() {
         std::process::exit(1);
@@ -431,7 +460,6 @@ fn run(socket: &str, wid: WorkerId, shm: PathBuf) -> ! {
     let (tx, rx) = mpsc::channel::<Work>();
     let ctx = Arc::new(Ctx { core: core.clone() });
     std::thread::Builder::new().name("flare-executor".into()).spawn(move || executor(ctx, rx)).ok();
-    let mut receiver = Receiver::new(stream);
     loop {
         match receiver.recv::<ToWorker>() {
             Ok(Some(msg)) => match msg {

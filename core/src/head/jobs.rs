@@ -504,6 +504,7 @@ fn supervise(inner: Arc<(Mutex<Inner>, Condvar)>, db: Arc<Db>, session: PathBuf,
         .stdout(out)
         .stderr(err)
         .env("FLARE_ADDRESS", &head_url)
+        .env("FLARE_TOKEN", super::read_token(&session).unwrap_or_default())
         .env("FLARE_JOB_ID", &id)
         .env("RAY_JOB_ID", &id)
         .process_group(0);

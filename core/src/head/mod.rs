@@ -193,9 +193,16 @@ pub fn run(opts: HeadOptions) -> Result<(), String> {
         kv_lock: Default::default(),
         nodes: std::sync::Mutex::new(nodes),
     });
+    // The head's machine is a node too: drivers run workers on it through this service.
+    let agent = std::net::TcpListener::bind((opts.host.as_str(), 0))
+        .map_err(|e| format!("cannot listen on {} for drivers: {e}", opts.host))?;
+    let agent_addr = agent.local_addr().map_err(|e| e.to_string())?;
+    let svc = node_agent::AgentService::new(shared.token.clone(), "head".into(), opts.session_dir.clone())?;
+    let agent_shm = svc.shm_root.clone();
+    svc.spawn(agent)?;
     let head_node = rpc::NodeEntry {
         node_id: "head".into(),
-        address: opts.host.clone(),
+        address: agent_addr.to_string(),
         is_head: true,
         alive: true,
         resources_total: shared.jobs.total().clone(),
@@ -262,6 +269,7 @@ pub fn run(opts: HeadOptions) -> Result<(), String> {
         let _ = stop_tx.send(true);
         let _ = grpc_task.await;
         shared.jobs.stop_all();
+        let _ = std::fs::remove_dir_all(&agent_shm);
         let _ = std::fs::remove_file(opts.session_dir.join("head.json"));
         Ok::<(), String>(())
     })

@@ -1,10 +1,22 @@
 //! A worker node's agent: registers with the head over gRPC and heartbeats, reconnecting when
-//! the head restarts. (Running the node's worker pool and object store for the cluster's
-//! scheduler is the next step; today the agent makes the node and its resources known.)
+//! the head restarts; and serves the drivers that schedule on the node ([`AgentService`]):
+//! receives a driver's executable (cached by SHA-256), starts its workers from it (they connect
+//! back to the driver), kills them on request and when the driver goes, and serves the object
+//! files they write to pulls.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::ids::WorkerId;
+use crate::protocol::{read_frame, write_frame, Conn, FromAgent, Hello, Receiver, ToAgent};
+use crate::transfer::token_ok;
 
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request};
@@ -50,8 +62,17 @@ async fn connect(head: &str) -> Result<RpcClient<Channel>, String> {
 }
 
 /// Runs the agent until SIGTERM or SIGINT. Fails at once if the head refuses the token.
-pub fn run(opts: NodeAgentOptions) -> Result<(), String> {
+pub fn run(mut opts: NodeAgentOptions) -> Result<(), String> {
     std::fs::create_dir_all(&opts.session_dir).map_err(|e| e.to_string())?;
+    // The service drivers connect to; its address is what the head's node table lists.
+    let host = opts.address.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_else(|| opts.address.clone());
+    let port: u16 = opts.address.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(0);
+    let listener = TcpListener::bind((host.as_str(), port)).map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    opts.address = format!("{host}:{}", bound.port());
+    let svc = AgentService::new(opts.token.clone(), opts.node_id.clone(), opts.session_dir.clone())?;
+    let shm_root = svc.shm_root.clone();
+    svc.spawn(listener)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     rt.block_on(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
@@ -111,6 +132,238 @@ pub fn run(opts: NodeAgentOptions) -> Result<(), String> {
             }
         }
         let _ = std::fs::remove_file(opts.session_dir.join("node.json"));
+        let _ = std::fs::remove_dir_all(&shm_root);
         Ok(())
     })
+}
+
+/// What a node's agent service needs: the cluster token, the node's name and where it keeps
+/// shipped executables, worker logs and the object files of the drivers it serves.
+#[derive(Debug, Clone)]
+pub struct AgentService {
+    pub token: String,
+    pub node_name: String,
+    pub session_dir: PathBuf,
+    /// Parent of each driver's store directory on this node (tmpfs when there is one).
+    pub shm_root: PathBuf,
+}
+
+impl AgentService {
+    pub fn new(token: String, node_name: String, session_dir: PathBuf) -> Result<Self, String> {
+        let base = if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+        let shm_root = base.join(format!("flare_node_{}_{}", std::process::id(), super::now_ms()));
+        for d in [session_dir.join("exe"), session_dir.join("logs"), shm_root.clone()] {
+            std::fs::create_dir_all(&d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+        }
+        Ok(AgentService { token, node_name, session_dir, shm_root })
+    }
+
+    /// Serves drivers and object pulls on `listener` from a thread of its own.
+    pub fn spawn(self, listener: TcpListener) -> Result<(), String> {
+        let svc = Arc::new(self);
+        std::thread::Builder::new()
+            .name("flare-agent".into())
+            .spawn(move || {
+                for s in listener.incoming().flatten() {
+                    let svc = svc.clone();
+                    let _ = std::thread::Builder::new().name("flare-agent-conn".into()).spawn(move || svc.serve(s));
+                }
+            })
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn serve(&self, mut s: TcpStream) {
+        let _ = s.set_nodelay(true);
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let Ok(hello) = read_frame::<Hello>(&mut s, 64 << 10) else { return };
+        match hello {
+            Hello::Driver { token, exe_hash, exe_size, pid, worker_addr } if token_ok(&token, &self.token) => {
+                if let Err(e) = self.driver_session(s, &exe_hash, exe_size, pid, &worker_addr) {
+                    tracing::warn!("a driver session ended: {e}");
+                }
+            }
+            Hello::Pull { token, path, offset, len, consume } if token_ok(&token, &self.token) => {
+                if let Err(e) = crate::transfer::serve_pull(s, &path, offset, len, consume, std::slice::from_ref(&self.shm_root))
+                {
+                    tracing::debug!("serving a pull of {path}: {e}");
+                }
+            }
+            _ => {
+                let _ = write_frame(&mut s, &FromAgent::Refused("this node requires its cluster's token".into()));
+            }
+        }
+    }
+
+    /// Receives the driver's executable unless it is cached, then starts and kills workers for
+    /// the driver until its connection closes, and then stops them all.
+    fn driver_session(&self, mut s: TcpStream, hash: &str, size: u64, driver_pid: u32, worker_addr: &str) -> Result<(), String> {
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let _ = write_frame(&mut s, &FromAgent::Refused("the executable hash must be 64 hex digits".into()));
+            return Err("bad executable hash".into());
+        }
+        if size > MAX_EXE {
+            let msg = format!("the executable is {size} bytes; this node takes at most {MAX_EXE}");
+            let _ = write_frame(&mut s, &FromAgent::Refused(msg.clone()));
+            return Err(msg);
+        }
+        let exe = self.session_dir.join("exe").join(hash);
+        let need_exe = !exe.exists();
+        write_frame(&mut s, &FromAgent::Welcome { node_id: self.node_name.clone(), need_exe }).map_err(|e| e.to_string())?;
+        if need_exe {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+            if let Err(e) = receive_exe(&mut s, &exe, hash, size) {
+                let _ = write_frame(&mut s, &FromAgent::Refused(e.clone()));
+                return Err(e);
+            }
+        }
+        write_frame(&mut s, &FromAgent::Ready).map_err(|e| e.to_string())?;
+        let _ = s.set_read_timeout(None);
+        static SESSIONS: AtomicU64 = AtomicU64::new(0);
+        let shm = self.shm_root.join(format!("driver-{driver_pid}-{}", SESSIONS.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir_all(&shm).map_err(|e| format!("creating {}: {e}", shm.display()))?;
+        let conn = Arc::new(Conn::new(s.try_clone().map_err(|e| e.to_string())?));
+        let mut rx = Receiver::new(s);
+        let children: Arc<Mutex<HashMap<WorkerId, u32>>> = Arc::default();
+        tracing::info!(driver = driver_pid, "serving a driver");
+        loop {
+            match rx.recv::<ToAgent>() {
+                Ok(Some(ToAgent::Spawn { wid, gpu_key })) => {
+                    // Spawned from this thread: a worker's parent-death signal follows the thread
+                    // that forked it, so the workers die with the driver's session.
+                    if let Err(e) = self.spawn_worker(wid, &gpu_key, &exe, &shm, worker_addr, &conn, &children) {
+                        let _ = conn.send(&FromAgent::Exited { wid, reason: format!("could not start a worker: {e}") });
+                    }
+                }
+                Ok(Some(ToAgent::Kill { wid })) => {
+                    if let Some(pid) = children.lock().unwrap_or_else(|p| p.into_inner()).get(&wid) {
+                        // Safety: plain syscall on our own child.
+                        unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        for pid in children.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            // Safety: plain syscall on our own child.
+            unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+        }
+        let _ = std::fs::remove_dir_all(&shm);
+        tracing::info!(driver = driver_pid, "driver gone; its workers were stopped");
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_worker(
+        &self,
+        wid: WorkerId,
+        gpu_key: &[u32],
+        exe: &Path,
+        shm: &Path,
+        worker_addr: &str,
+        conn: &Arc<Conn>,
+        children: &Arc<Mutex<HashMap<WorkerId, u32>>>,
+    ) -> Result<(), String> {
+        use crate::node::workers_env as env;
+        let mut cmd = Command::new(exe);
+        cmd.env(env::WORKER_ID, wid.0.to_string())
+            .env(env::TCP, worker_addr)
+            .env(env::TOKEN, &self.token)
+            .env(env::SHM_DIR, shm)
+            .env("FLARE_NODE_NAME", &self.node_name)
+            .env_remove(env::SOCKET)
+            .env_remove("FLARE_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if !gpu_key.is_empty() {
+            let outer: Vec<String> = std::env::var("CUDA_VISIBLE_DEVICES")
+                .map(|v| v.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect())
+                .unwrap_or_default();
+            let ids: Vec<String> =
+                gpu_key.iter().map(|i| outer.get(*i as usize).cloned().unwrap_or_else(|| i.to_string())).collect();
+            cmd.env("CUDA_VISIBLE_DEVICES", ids.join(","));
+        }
+        let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+        let pid = child.id();
+        children.lock().unwrap_or_else(|p| p.into_inner()).insert(wid, pid);
+        let logs = self.session_dir.join("logs");
+        for (out, ext) in [
+            (child.stdout.take().map(|o| Box::new(o) as Box<dyn Read + Send>), "out"),
+            (child.stderr.take().map(|e| Box::new(e) as Box<dyn Read + Send>), "err"),
+        ] {
+            let Some(out) = out else { continue };
+            let path = logs.join(format!("worker-{}-{pid}.{ext}", wid.0));
+            let conn = conn.clone();
+            let _ = std::thread::Builder::new().name("flare-agent-log".into()).spawn(move || {
+                let mut file = std::fs::File::create(&path).ok();
+                for line in BufReader::new(out).split(b'\n') {
+                    let Ok(line) = line else { break };
+                    let text = String::from_utf8_lossy(&line).into_owned();
+                    if let Some(f) = file.as_mut() {
+                        let _ = writeln!(f, "{text}");
+                    }
+                    let _ = conn.send(&FromAgent::Log { wid, line: text });
+                }
+            });
+        }
+        let conn = conn.clone();
+        let children = children.clone();
+        let _ = std::thread::Builder::new().name("flare-agent-reaper".into()).spawn(move || {
+            let reason = match child.wait() {
+                Ok(st) => match (st.code(), st.signal()) {
+                    (_, Some(sig)) => {
+                        format!("worker process {pid} was killed by signal {sig}{}", if sig == 9 { " (SIGKILL)" } else { "" })
+                    }
+                    (Some(code), None) => format!("worker process {pid} exited with code {code}"),
+                    _ => format!("worker process {pid} exited"),
+                },
+                Err(e) => format!("worker process {pid} could not be waited on: {e}"),
+            };
+            children.lock().unwrap_or_else(|p| p.into_inner()).remove(&wid);
+            let _ = conn.send(&FromAgent::Exited { wid, reason });
+        });
+        Ok(())
+    }
+}
+
+/// The largest executable a node accepts from a driver.
+const MAX_EXE: u64 = 4 << 30;
+
+/// Receives an executable in chunks into `dest`, checking its size and SHA-256.
+fn receive_exe(s: &mut TcpStream, dest: &Path, hash: &str, size: u64) -> Result<(), String> {
+    use sha2::Digest;
+    let tmp = dest.with_extension(format!("part{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
+    let mut h = sha2::Sha256::new();
+    let mut got = 0u64;
+    let result = (|| loop {
+        match read_frame::<ToAgent>(s, 16 << 20).map_err(|e| format!("receiving the executable: {e}"))? {
+            ToAgent::ExeChunk(bytes) => {
+                got += bytes.len() as u64;
+                if got > size {
+                    return Err(format!("the executable is longer than the {size} bytes announced"));
+                }
+                h.update(&bytes);
+                f.write_all(&bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+            }
+            ToAgent::ExeEnd => break Ok(()),
+            other => return Err(format!("expected the executable, got {other:?}")),
+        }
+    })();
+    let done = result.and_then(|()| {
+        let digest: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        if got != size || digest != hash {
+            return Err(format!("the executable arrived damaged ({got} of {size} bytes, hash {digest}, expected {hash})"));
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+        drop(f);
+        std::fs::rename(&tmp, dest).map_err(|e| format!("installing {}: {e}", dest.display()))
+    });
+    if done.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    done
 }

@@ -98,9 +98,10 @@ impl NodeState {
             match self.decide(&req, &strategy) {
                 super::sched::Decision::Alloc(alloc, from) => {
                     let key = alloc.gpu_ids();
+                    let node = self.node_of(from);
                     let a = self.actors.get_mut(&aid).expect("checked above");
                     a.alloc = Some((alloc, from));
-                    let wid = match self.take_idle_worker(&key) {
+                    let wid = match self.take_idle_worker(node, &key) {
                         Some(w) => {
                             let we = self.workers.get_mut(&w).expect("idle worker exists");
                             we.role = Role::Actor(aid);
@@ -108,7 +109,7 @@ impl NodeState {
                             self.send_create_actor(aid, w, fx);
                             w
                         }
-                        None => self.spawn_worker(key, Role::Actor(aid), fx),
+                        None => self.spawn_worker(node, key, Role::Actor(aid), fx),
                     };
                     if let Some(a) = self.actors.get_mut(&aid) {
                         a.worker = Some(wid);
@@ -348,6 +349,7 @@ impl NodeState {
             a.pending.push_front(item);
         }
         let key = a.alloc.as_ref().map(|(al, _)| al.gpu_ids()).unwrap_or_default();
+        let from = a.alloc.as_ref().map(|(_, f)| *f);
         tracing::warn!(actor = %aid, "actor {class} died ({reason}); restarting ({restarts} of {max})");
         for call in failed {
             let msg = format!(
@@ -356,7 +358,22 @@ impl NodeState {
             );
             self.finish_call(aid, &call, Err(TaskError::new(ErrorKind::ActorRestarting, msg)), fx);
         }
-        let wid = self.spawn_worker(key, Role::Actor(aid), fx);
+        let node = from.map(|f| self.node_of(f)).unwrap_or(super::state::LOCAL);
+        if !self.node_alive(node) {
+            // Its node is gone: schedule it again wherever it fits now.
+            if let Some(a) = self.actors.get_mut(&aid) {
+                if let Some((al, f)) = a.alloc.take() {
+                    self.release_alloc(al, f, false);
+                }
+            }
+            if let Some(a) = self.actors.get_mut(&aid) {
+                a.state = ActorState::PendingCreation;
+            }
+            self.actor_queue.push_back(aid);
+            self.dirty = true;
+            return;
+        }
+        let wid = self.spawn_worker(node, key, Role::Actor(aid), fx);
         if let Some(a) = self.actors.get_mut(&aid) {
             a.worker = Some(wid);
         }
@@ -394,7 +411,7 @@ impl NodeState {
                 fx.push(Effect::Send(c.clone(), ToWorker::Exit));
             }
             // Make sure it goes even if it is stuck in user code.
-            fx.extend(w.pid.map(Effect::Kill));
+            fx.extend(w.kill_effect(worker.expect("a worker was found by it")));
         }
     }
 
@@ -409,8 +426,8 @@ impl NodeState {
                 TaskError::new(ErrorKind::ActorDied, format!("actor {class} was killed by flare::kill")),
                 fx,
             );
-        } else if let Some(w) = a.worker.and_then(|w| self.workers.get(&w)) {
-            fx.extend(w.pid.map(Effect::Kill));
+        } else if let Some((wid, w)) = a.worker.and_then(|w| self.workers.get(&w).map(|e| (w, e))) {
+            fx.extend(w.kill_effect(wid));
         }
         Ok(())
     }

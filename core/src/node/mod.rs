@@ -7,6 +7,7 @@
 //! run after the lock is released, so no I/O and no user callback ever runs under the lock.
 
 mod actors;
+mod cluster;
 mod objects;
 mod sched;
 mod session;
@@ -20,6 +21,9 @@ pub(crate) mod workers_env {
     pub const SOCKET: &str = "FLARE_WORKER_SOCKET";
     pub const WORKER_ID: &str = "FLARE_WORKER_ID";
     pub const SHM_DIR: &str = "FLARE_SHM_DIR";
+    /// A worker on another node than its driver: the driver node's `host:port` and the token.
+    pub const TCP: &str = "FLARE_WORKER_TCP";
+    pub const TOKEN: &str = "FLARE_WORKER_TOKEN";
 }
 
 use crate::codec::{Payload, RefKey};
@@ -43,6 +47,8 @@ pub(crate) enum Effect {
     CompleteUnit(Promise<Result<(), TaskError>>, Result<(), TaskError>),
     Spawn(workers::SpawnRequest),
     Kill(u32),
+    /// Kill a worker on another node (through its agent).
+    KillRemote(Arc<cluster::AgentLink>, WorkerId),
 }
 
 /// Settings resolved from [`Config`] and the machine.
@@ -116,6 +122,8 @@ pub(crate) struct Node {
     pub(crate) session: Session,
     st: Mutex<NodeState>,
     spawner: Mutex<Option<mpsc::Sender<workers::SpawnRequest>>>,
+    /// Set once this driver joined a cluster.
+    cluster: std::sync::OnceLock<cluster::ClusterCtx>,
     me: Weak<Node>,
 }
 
@@ -130,6 +138,7 @@ impl Node {
             cfg: node_cfg,
             session,
             spawner: Mutex::new(None),
+            cluster: std::sync::OnceLock::new(),
             me: me.clone(),
         });
         workers::start_threads(&node)?;
@@ -173,6 +182,7 @@ impl Node {
                     // Safety: plain syscall; the pid is one of our own children.
                     unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
                 }
+                Effect::KillRemote(link, wid) => link.kill(wid),
             }
         }
     }

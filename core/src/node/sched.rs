@@ -1,26 +1,21 @@
 //! Tasks and placement groups: dependencies, queues, the scheduling pass, dispatch, completion,
 //! retries and cancellation.
 
-use super::state::{AllocFrom, Dependent, NodeState, ObjState, PgEntry, PgState, Role, TaskEntry, WorkerStatus};
+use super::state::{AllocFrom, Dependent, NodeState, ObjState, PgEntry, PgState, Role, TaskEntry, WorkerStatus, LOCAL};
 use super::Effect;
 use crate::codec::{Arg, Payload, RefKey};
 use crate::error::{ErrorKind, TaskError};
-use crate::ids::{NodeId, ObjectId, PlacementGroupId, TaskId, WorkerId};
+use crate::ids::{ObjectId, PlacementGroupId, TaskId, WorkerId};
 use crate::promise::Promise;
 use crate::protocol::ToWorker;
 use crate::resources::{Allocation, ResourcePool, ResourceSet, CPU};
 use crate::runtime::StoredData;
-use crate::scheduler::{
-    self, BundlePlacement, HybridPolicy, NodeView, SchedulingPolicy, SchedulingResult, SchedulingStrategy, SpreadPolicy,
-};
+use crate::scheduler::{self, BundlePlacement, HybridPolicy, SchedulingPolicy, SchedulingResult, SchedulingStrategy};
 use crate::spec::{PlacementGroupSpec, TaskSpec};
 use crate::state::TaskState;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// The local node's id in the embedded single-node cluster.
-const LOCAL: NodeId = NodeId(0);
 
 pub(crate) enum Decision {
     Alloc(Allocation, AllocFrom),
@@ -104,17 +99,17 @@ impl NodeState {
         if let SchedulingStrategy::PlacementGroup { pg, bundle_index } = strategy {
             return self.decide_bundle(req, *pg, *bundle_index);
         }
-        let view = [NodeView { id: LOCAL, pool: &self.pool }];
+        let view = self.node_views();
         let result = match strategy {
-            SchedulingStrategy::Spread => SpreadPolicy::default().schedule(req, &view, LOCAL),
+            SchedulingStrategy::Spread => self.spread.schedule(req, &view, LOCAL),
             SchedulingStrategy::NodeAffinity { node, soft } => {
                 scheduler::node_affinity(req, &view, *node, *soft, &HybridPolicy::default(), LOCAL)
             }
             _ => HybridPolicy::default().schedule(req, &view, LOCAL),
         };
         match result {
-            SchedulingResult::Scheduled(_) => match self.pool.try_allocate(req) {
-                Some(a) => Decision::Alloc(a, AllocFrom::Node),
+            SchedulingResult::Scheduled(n) => match self.pool_mut(n).and_then(|p| p.try_allocate(req)) {
+                Some(a) => Decision::Alloc(a, AllocFrom::Node(n)),
                 None => Decision::Wait,
             },
             SchedulingResult::Queued => Decision::Wait,
@@ -168,10 +163,15 @@ impl NodeState {
             alloc.resources.set_fixed(CPU, 0);
         }
         match from {
-            AllocFrom::Node => self.pool.release(&alloc),
+            AllocFrom::Node(n) => {
+                // A node that died took its resources with it.
+                if let Some(p) = self.pool_mut(n) {
+                    p.release(&alloc);
+                }
+            }
             AllocFrom::Bundle(pg, i) => {
                 if let Some(PgEntry { state: PgState::Created(b), .. }) = self.pgs.get_mut(&pg) {
-                    if let Some((pool, _)) = b.get_mut(i) {
+                    if let Some((pool, _, _)) = b.get_mut(i) {
                         pool.release(&alloc);
                     }
                 }
@@ -182,9 +182,9 @@ impl NodeState {
 
     fn pool_of(&mut self, from: AllocFrom) -> Option<&mut ResourcePool> {
         match from {
-            AllocFrom::Node => Some(&mut self.pool),
+            AllocFrom::Node(n) => self.pool_mut(n),
             AllocFrom::Bundle(pg, i) => match self.pgs.get_mut(&pg) {
-                Some(PgEntry { state: PgState::Created(b), .. }) => b.get_mut(i).map(|(p, _)| p),
+                Some(PgEntry { state: PgState::Created(b), .. }) => b.get_mut(i).map(|(p, _, _)| p),
                 _ => None,
             },
         }
@@ -242,13 +242,14 @@ impl NodeState {
 
     fn start_task(&mut self, tid: TaskId, alloc: Allocation, from: AllocFrom, fx: &mut Vec<Effect>) {
         let key = alloc.gpu_ids();
+        let node = self.node_of(from);
         let t = self.tasks.get_mut(&tid).expect("queued task exists");
         metrics::histogram!("flare_scheduling_latency_seconds").record(t.submitted.elapsed().as_secs_f64());
         t.alloc = Some((alloc, from));
-        match self.take_idle_worker(&key) {
+        match self.take_idle_worker(node, &key) {
             Some(w) => self.dispatch_task(tid, w, fx),
             None => {
-                let w = self.spawn_worker(key, Role::Pool, fx);
+                let w = self.spawn_worker(node, key, Role::Pool, fx);
                 if let Some(we) = self.workers.get_mut(&w) {
                     we.assigned = Some(tid);
                 }
@@ -555,7 +556,7 @@ impl NodeState {
                     let wid = t.worker;
                     let w = wid.and_then(|w| self.workers.get(&w));
                     match (force, w) {
-                        (true, Some(w)) => fx.extend(w.pid.map(Effect::Kill)),
+                        (true, Some(w)) => fx.extend(w.kill_effect(wid.expect("a worker was found by it"))),
                         (false, Some(w)) => {
                             if let Some(c) = &w.conn {
                                 fx.push(Effect::Send(c.clone(), ToWorker::Cancel { task_id: tid }));
@@ -617,21 +618,23 @@ impl NodeState {
             if !matches!(pg.state, PgState::Pending) {
                 continue;
             }
-            let view = [NodeView { id: LOCAL, pool: &self.pool }];
+            let view = self.node_views();
             match scheduler::place_bundles(&pg.spec.bundles, pg.spec.strategy, &view) {
-                BundlePlacement::Placed(_nodes) => {
+                BundlePlacement::Placed(nodes) => {
                     let bundles = pg.spec.bundles.clone();
                     let mut made = Vec::with_capacity(bundles.len());
-                    for b in &bundles {
-                        match self.pool.try_allocate(b) {
-                            Some(a) => made.push((ResourcePool::from_allocation(&a), a)),
+                    for (b, n) in bundles.iter().zip(nodes) {
+                        match self.pool_mut(n).and_then(|p| p.try_allocate(b)) {
+                            Some(a) => made.push((ResourcePool::from_allocation(&a), a, n)),
                             None => break,
                         }
                     }
                     if made.len() < bundles.len() {
                         // Cannot happen (placement simulated the same allocations); undo and wait.
-                        for (_, a) in made {
-                            self.pool.release(&a);
+                        for (_, a, n) in made {
+                            if let Some(p) = self.pool_mut(n) {
+                                p.release(&a);
+                            }
                         }
                         still.push_back(id);
                         continue;
@@ -690,8 +693,10 @@ impl NodeState {
             fx.push(Effect::CompleteUnit(w, Err(e.clone())));
         }
         if let PgState::Created(bundles) = old {
-            for (_, a) in bundles {
-                self.pool.release(&a);
+            for (_, a, n) in bundles {
+                if let Some(p) = self.pool_mut(n) {
+                    p.release(&a);
+                }
             }
         }
         // Running tasks in the group: no retries, kill their workers.
@@ -701,12 +706,12 @@ impl NodeState {
             if t.alloc.as_ref().is_some_and(|(_, f)| in_group(f)) {
                 t.retries_left = 0;
                 t.alloc = None;
-                if let Some(w) = t.worker.and_then(|w| self.workers.get(&w)) {
-                    kills.extend(w.pid);
+                if let Some((wid, w)) = t.worker.and_then(|w| self.workers.get(&w).map(|e| (w, e))) {
+                    kills.extend(w.kill_effect(wid));
                 }
             }
         }
-        fx.extend(kills.into_iter().map(Effect::Kill));
+        fx.extend(kills);
         let actors: Vec<_> =
             self.actors.iter().filter(|(_, a)| a.alloc.as_ref().is_some_and(|(_, f)| in_group(f))).map(|(id, _)| *id).collect();
         for aid in actors {

@@ -3,7 +3,7 @@
 use super::{Effect, NodeConfig};
 use crate::codec::RefKey;
 use crate::error::TaskError;
-use crate::ids::{ActorId, ObjectId, PlacementGroupId, TaskId, WorkerId};
+use crate::ids::{ActorId, NodeId, ObjectId, PlacementGroupId, TaskId, WorkerId};
 use crate::promise::Promise;
 use crate::protocol::{Conn, ToWorker};
 use crate::resources::{Allocation, ResourcePool, ResourceSet};
@@ -76,7 +76,7 @@ impl ObjectEntry {
 /// Where an allocation came from, to give it back there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum AllocFrom {
-    Node,
+    Node(NodeId),
     Bundle(PlacementGroupId, usize),
 }
 
@@ -110,7 +110,11 @@ pub(crate) enum WorkerStatus {
 }
 
 pub(crate) struct WorkerEntry {
+    /// Its process id on its node.
     pub pid: Option<u32>,
+    pub node: NodeId,
+    /// The agent that runs it, for a worker on another node.
+    pub link: Option<Arc<super::cluster::AgentLink>>,
     pub conn: Option<Arc<Conn>>,
     pub gpu_key: Vec<u32>,
     pub role: Role,
@@ -148,7 +152,8 @@ pub(crate) struct ActorEntry {
 
 pub(crate) enum PgState {
     Pending,
-    Created(Vec<(ResourcePool, Allocation)>),
+    /// Each bundle's pool, what it took from its node, and the node.
+    Created(Vec<(ResourcePool, Allocation, NodeId)>),
     Infeasible(String),
     Removed,
 }
@@ -163,9 +168,18 @@ pub(crate) struct PgEntry {
 /// head blocks its whole class and the rest are not scanned (Ray's scheduling classes).
 pub(crate) type ShapeKey = (ResourceSet, SchedulingStrategy);
 
+/// The driver's own node.
+pub(crate) const LOCAL: NodeId = NodeId(0);
+
 pub(crate) struct NodeState {
     pub cfg: NodeConfig,
+    /// The driver's own node's resources.
     pub pool: ResourcePool,
+    /// Nodes of the cluster this driver joined, by the ids it gave them.
+    pub remote: BTreeMap<NodeId, super::cluster::RemoteNode>,
+    pub next_node: u32,
+    /// The SPREAD policy, whose round-robin position persists across decisions.
+    pub spread: crate::scheduler::SpreadPolicy,
     pub objects: HashMap<ObjectId, ObjectEntry>,
     /// Shared-memory-resident objects, oldest first (spill order).
     pub resident: BTreeMap<u64, ObjectId>,
@@ -176,7 +190,8 @@ pub(crate) struct NodeState {
     pub ready: Vec<(ShapeKey, VecDeque<TaskId>)>,
     pub delayed: Vec<(Instant, TaskId)>,
     pub workers: HashMap<WorkerId, WorkerEntry>,
-    pub idle: HashMap<Vec<u32>, Vec<WorkerId>>,
+    /// Idle pool workers by node and GPU assignment.
+    pub idle: HashMap<(NodeId, Vec<u32>), Vec<WorkerId>>,
     pub next_worker: u64,
     pub actors: HashMap<ActorId, ActorEntry>,
     pub actor_queue: VecDeque<ActorId>,
@@ -201,6 +216,9 @@ impl NodeState {
         NodeState {
             cfg,
             pool,
+            remote: BTreeMap::new(),
+            next_node: 1,
+            spread: Default::default(),
             objects: HashMap::new(),
             resident: BTreeMap::new(),
             seq: 0,
@@ -290,6 +308,7 @@ impl NodeState {
                         pid: a.pid,
                         restarts: a.restarts,
                         death_cause: a.death.as_ref().map(|e| e.message.clone()),
+                        node: a.worker.and_then(|w| self.workers.get(&w)).map(|w| w.node),
                     })
                     .collect();
             }
@@ -334,7 +353,7 @@ impl NodeState {
                         strategy: pg.spec.strategy,
                         bundles: pg.spec.bundles.clone(),
                         bundle_gpu_ids: match &pg.state {
-                            PgState::Created(b) => b.iter().map(|(_, a)| a.gpu_ids()).collect(),
+                            PgState::Created(b) => b.iter().map(|(_, a, _)| a.gpu_ids()).collect(),
                             _ => Vec::new(),
                         },
                     })
@@ -354,13 +373,20 @@ impl NodeState {
                             WorkerStatus::Actor => WorkerState::Actor,
                         },
                         gpu_ids: w.gpu_key.clone(),
+                        node: w.node,
                     })
                     .collect();
             }
             StateQuery::Resources => {
+                // The whole cluster's, as Ray's `cluster_resources()`: every node's summed.
+                let (mut total, mut available) = (self.pool.total().clone(), self.pool.available().clone());
+                for r in self.remote.values() {
+                    total.add(r.pool.total());
+                    available.add(r.pool.available());
+                }
                 s.resources = Some(ClusterResources {
-                    total: self.pool.total().clone(),
-                    available: self.pool.available().clone(),
+                    total,
+                    available,
                     store_capacity: self.cfg.store_capacity,
                     store_used: self.store_used,
                     spilled_bytes_total: self.spilled_total,
@@ -368,6 +394,26 @@ impl NodeState {
                     session_dir: self.cfg.session_dir.to_string_lossy().into_owned(),
                     shm_dir: self.cfg.shm_dir.to_string_lossy().into_owned(),
                 });
+            }
+            StateQuery::Nodes => {
+                s.nodes.push(NodeInfo {
+                    node_id: LOCAL,
+                    name: "local".into(),
+                    address: String::new(),
+                    is_local: true,
+                    total: self.pool.total().clone(),
+                    available: self.pool.available().clone(),
+                    labels: self.cfg.labels.clone(),
+                });
+                s.nodes.extend(self.remote.iter().map(|(id, r)| NodeInfo {
+                    node_id: *id,
+                    name: r.link.name.clone(),
+                    address: r.link.address.clone(),
+                    is_local: false,
+                    total: r.pool.total().clone(),
+                    available: r.pool.available().clone(),
+                    labels: r.labels.clone(),
+                }));
             }
         }
         s
@@ -393,7 +439,8 @@ impl NodeState {
     fn reap_idle_workers(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         let timeout = self.cfg.idle_timeout;
         let keep = self.cfg.prestart;
-        let mut pooled_plain = self.idle.get(&Vec::new()).map(|v| v.len()).unwrap_or(0);
+        let plain = (LOCAL, Vec::new());
+        let mut pooled_plain = self.idle.get(&plain).map(|v| v.len()).unwrap_or(0);
         let mut to_exit = Vec::new();
         for (key, ids) in self.idle.iter_mut() {
             ids.retain(|id| {
@@ -403,9 +450,9 @@ impl NodeState {
                 let WorkerStatus::Idle(since) = w.status else {
                     return false;
                 };
-                let surplus = !key.is_empty() || pooled_plain > keep;
+                let surplus = *key != plain || pooled_plain > keep;
                 if surplus && now.duration_since(since) > timeout {
-                    if key.is_empty() {
+                    if *key == plain {
                         pooled_plain -= 1;
                     }
                     to_exit.push(*id);
@@ -455,7 +502,13 @@ impl NodeState {
             if let Some(c) = &w.conn {
                 fx.push(Effect::Send(c.clone(), ToWorker::Exit));
             }
-            pids.extend(w.pid);
+            if w.node == LOCAL {
+                pids.extend(w.pid);
+            }
+        }
+        // Agents stop the workers they run for this driver when its connection closes.
+        for r in std::mem::take(&mut self.remote).into_values() {
+            r.link.close();
         }
         for o in self.objects.values_mut() {
             for p in o.waiters.drain(..) {

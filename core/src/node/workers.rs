@@ -1,10 +1,10 @@
 //! Worker processes: spawning them from the driver's own executable, their socket connections,
 //! their log streams, the pool of idle ones, and what happens when one dies.
 
-use super::state::{NodeState, Role, WorkerEntry, WorkerStatus};
+use super::state::{NodeState, Role, WorkerEntry, WorkerStatus, LOCAL};
 use super::{Effect, Node};
 use crate::codec::RefKey;
-use crate::ids::WorkerId;
+use crate::ids::{NodeId, WorkerId};
 use crate::protocol::{Conn, Receiver, Reply, Request, ToNode, ToWorker};
 use crate::runtime::StateQuery;
 use std::collections::HashSet;
@@ -31,7 +31,7 @@ impl ReaderFlag {
         self.cv.notify_all();
     }
 
-    fn wait_done(&self, timeout: Duration) {
+    pub(crate) fn wait_done(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         while *st == 1 {
@@ -46,6 +46,8 @@ impl ReaderFlag {
 
 pub(crate) struct SpawnRequest {
     pub wid: WorkerId,
+    /// The agent to start it, for a worker on another node.
+    pub link: Option<Arc<super::cluster::AgentLink>>,
     pub gpu_key: Vec<u32>,
     pub label: Arc<Mutex<String>>,
     pub flag: Arc<ReaderFlag>,
@@ -59,19 +61,23 @@ pub(crate) fn alive(pid: u32) -> bool {
 impl NodeState {
     pub(crate) fn prestart(&mut self, fx: &mut Vec<Effect>) {
         for _ in 0..self.cfg.prestart {
-            self.spawn_worker(Vec::new(), Role::Pool, fx);
+            self.spawn_worker(LOCAL, Vec::new(), Role::Pool, fx);
         }
     }
 
-    pub(crate) fn spawn_worker(&mut self, gpu_key: Vec<u32>, role: Role, fx: &mut Vec<Effect>) -> WorkerId {
+    /// Starts a worker on `node` (the driver's own, or a node agent's).
+    pub(crate) fn spawn_worker(&mut self, node: NodeId, gpu_key: Vec<u32>, role: Role, fx: &mut Vec<Effect>) -> WorkerId {
         let wid = WorkerId(self.next_worker);
         self.next_worker += 1;
         let label = Arc::new(Mutex::new("worker".to_string()));
         let flag = Arc::new(ReaderFlag::default());
+        let link = self.remote.get(&node).map(|r| r.link.clone());
         self.workers.insert(
             wid,
             WorkerEntry {
                 pid: None,
+                node,
+                link: link.clone(),
                 conn: None,
                 gpu_key: gpu_key.clone(),
                 role,
@@ -83,12 +89,17 @@ impl NodeState {
                 flag: flag.clone(),
             },
         );
-        fx.push(Effect::Spawn(SpawnRequest { wid, gpu_key, label, flag }));
+        if node != LOCAL && link.is_none() {
+            // Its node died between the decision and now: the worker is dead on arrival.
+            self.worker_died(wid, &format!("{node} is gone"), fx);
+            return wid;
+        }
+        fx.push(Effect::Spawn(SpawnRequest { wid, link, gpu_key, label, flag }));
         wid
     }
 
-    pub(crate) fn take_idle_worker(&mut self, key: &[u32]) -> Option<WorkerId> {
-        let ids = self.idle.get_mut(key)?;
+    pub(crate) fn take_idle_worker(&mut self, node: NodeId, key: &[u32]) -> Option<WorkerId> {
+        let ids = self.idle.get_mut(&(node, key.to_vec()))?;
         while let Some(w) = ids.pop() {
             if matches!(self.workers.get(&w).map(|w| w.status), Some(WorkerStatus::Idle(_))) {
                 return Some(w);
@@ -106,7 +117,7 @@ impl NodeState {
         }
         w.status = WorkerStatus::Idle(Instant::now());
         *w.label.lock().unwrap_or_else(|p| p.into_inner()) = "worker".to_string();
-        self.idle.entry(w.gpu_key.clone()).or_default().push(wid);
+        self.idle.entry((w.node, w.gpu_key.clone())).or_default().push(wid);
         self.dirty = true;
     }
 
@@ -142,7 +153,7 @@ impl NodeState {
         let Some(w) = self.workers.remove(&wid) else {
             return;
         };
-        if let Some(ids) = self.idle.get_mut(&w.gpu_key) {
+        if let Some(ids) = self.idle.get_mut(&(w.node, w.gpu_key.clone())) {
             ids.retain(|i| *i != wid);
         }
         for key in w.held {
@@ -175,9 +186,19 @@ impl NodeState {
         if self.shutting_down {
             return;
         }
-        let plain = self.workers.values().filter(|w| w.role == Role::Pool && w.gpu_key.is_empty()).count();
+        let plain = self.workers.values().filter(|w| w.role == Role::Pool && w.node == LOCAL && w.gpu_key.is_empty()).count();
         for _ in plain..self.cfg.prestart {
-            self.spawn_worker(Vec::new(), Role::Pool, fx);
+            self.spawn_worker(LOCAL, Vec::new(), Role::Pool, fx);
+        }
+    }
+}
+
+impl WorkerEntry {
+    /// What kills this worker's process, wherever it runs.
+    pub(crate) fn kill_effect(&self, wid: WorkerId) -> Option<Effect> {
+        match &self.link {
+            Some(link) => Some(Effect::KillRemote(link.clone(), wid)),
+            None => self.pid.map(Effect::Kill),
         }
     }
 }
@@ -237,6 +258,12 @@ pub(crate) fn start_threads(node: &Arc<Node>) -> Result<(), crate::Error> {
 }
 
 fn spawn_process(node: &Arc<Node>, req: SpawnRequest) {
+    if let Some(link) = &req.link {
+        if let Err(e) = link.spawn(req.wid, req.gpu_key.clone(), req.flag.clone(), req.label.clone()) {
+            node.with_state(|st, fx| st.worker_died(req.wid, &format!("could not start a worker on {}: {e}", link.name), fx));
+        }
+        return;
+    }
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => {
@@ -346,6 +373,19 @@ fn serve_worker(node: Arc<Node>, stream: UnixStream) {
         _ => return,
     };
     let _ = stream.set_read_timeout(None);
+    serve_connection(node, wid, pid, conn, rx, None);
+}
+
+/// Serves a registered worker's connection until it closes; `remote` is the agent that runs
+/// it when it is on another node.
+pub(crate) fn serve_connection(
+    node: Arc<Node>,
+    wid: WorkerId,
+    pid: u32,
+    conn: Arc<Conn>,
+    mut rx: Receiver,
+    remote: Option<Arc<super::cluster::AgentLink>>,
+) {
     let flag = node.lock().workers.get(&wid).map(|w| w.flag.clone());
     if let Some(f) = &flag {
         f.set(1);
@@ -353,7 +393,15 @@ fn serve_worker(node: Arc<Node>, stream: UnixStream) {
     node.with_state(|st, fx| st.worker_connected(wid, pid, conn.clone(), fx));
     loop {
         match rx.recv::<ToNode>() {
-            Ok(Some(msg)) => handle_message(&node, wid, &conn, msg),
+            Ok(Some(msg)) => {
+                let msg = match &remote {
+                    Some(link) => super::cluster::localize_message(&node, link, &conn, msg),
+                    None => Some(msg),
+                };
+                if let Some(msg) = msg {
+                    handle_message(&node, wid, &conn, msg);
+                }
+            }
             Ok(None) => break,
             Err(e) => {
                 tracing::warn!(worker = %wid, "dropping the connection of a worker that sent a bad frame: {e}");

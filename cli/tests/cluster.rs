@@ -1,0 +1,198 @@
+//! Multi-node scheduling end to end: a real head and node agents (`flare start`) on 127.0.0.1,
+//! this test binary as the driver that joins them (its executable shipped to each agent by
+//! hash), tasks and actors in worker processes the agents start, objects pulled between nodes,
+//! and node agents SIGKILLed under running work.
+
+use flare::cluster_utils::TestCluster;
+use flare::prelude::*;
+use flare::{Buffer, SchedulingStrategy};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One driver per process: the tests take turns, each with its own cluster.
+static TURN: Mutex<()> = Mutex::new(());
+
+fn flare_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_flare")
+}
+
+fn join(c: &TestCluster) {
+    flare::init_with(Config::new().address(&c.address).token(&c.token).log_to_driver(false)).expect("joining the test cluster");
+}
+
+/// The node this worker runs on, as its agent named it.
+#[flare::remote]
+fn where_am_i(sleep_ms: u64) -> String {
+    std::thread::sleep(Duration::from_millis(sleep_ms));
+    std::env::var("FLARE_NODE_NAME").unwrap_or_else(|_| "driver".into())
+}
+
+#[flare::remote]
+fn checksum(data: Buffer) -> (u64, String) {
+    let sum = data.iter().fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(*b as u64));
+    (sum, std::env::var("FLARE_NODE_NAME").unwrap_or_default())
+}
+
+#[flare::remote]
+fn make_bytes(n: u64, seed: u8) -> Buffer {
+    Buffer::from((0..n).map(|i| (i as u8).wrapping_mul(seed)).collect::<Vec<u8>>())
+}
+
+fn local_checksum(data: &[u8]) -> u64 {
+    data.iter().fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(*b as u64))
+}
+
+/// First attempt: records its node in `marker` and hangs; the retry answers with its node.
+#[flare::remote]
+fn hang_once(marker: String) -> String {
+    let me = std::env::var("FLARE_NODE_NAME").unwrap_or_default();
+    if std::path::Path::new(&marker).exists() {
+        return me;
+    }
+    std::fs::write(&marker, &me).unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+    String::new()
+}
+
+struct Where;
+
+#[flare::actor]
+impl Where {
+    fn new() -> Self {
+        Where
+    }
+    fn node(&self) -> String {
+        std::env::var("FLARE_NODE_NAME").unwrap_or_default()
+    }
+}
+
+fn node_id(name: &str) -> flare::ids::NodeId {
+    flare::nodes().unwrap().into_iter().find(|n| n.name == name).unwrap_or_else(|| panic!("no node {name}")).node_id
+}
+
+#[test]
+fn work_spills_to_nodes_spreads_and_moves_objects() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = TestCluster::start(flare_bin(), 1.0).unwrap();
+    c.add_node("n1", 2.0, 0.0, &[]).unwrap();
+    c.add_node("n2", 2.0, 0.0, &[("special", 1.0)]).unwrap();
+    join(&c);
+    let nodes = flare::nodes().unwrap();
+    let mut names: Vec<_> = nodes.iter().map(|n| n.name.clone()).collect();
+    names.sort();
+    assert_eq!(names, ["head", "local", "n1", "n2"], "{nodes:?}");
+    let total = flare::cluster_resources().unwrap().total;
+    assert_eq!(total.get("CPU"), 5.0, "1 + 2 + 2 CPUs: {total}");
+
+    // The driver's own node offers no CPUs: a 1-CPU task spills to a node agent's worker.
+    let at = where_am_i::remote(0).get_timeout(Duration::from_secs(60)).unwrap();
+    assert!(["head", "n1", "n2"].contains(&at.as_str()), "ran on {at}");
+    // A custom resource only n2 has.
+    let at = where_am_i::options().resources("special", 1.0).remote(0).get_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(at, "n2");
+    // Hard node affinity.
+    let n1 = node_id("n1");
+    let at = where_am_i::options()
+        .scheduling_strategy(SchedulingStrategy::NodeAffinity { node: n1, soft: false })
+        .remote(0)
+        .get_timeout(Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(at, "n1");
+    // SPREAD: three concurrent tasks land on three nodes.
+    let refs: Vec<_> =
+        (0..3).map(|_| where_am_i::options().scheduling_strategy(SchedulingStrategy::Spread).remote(300)).collect();
+    let mut spread: Vec<String> = refs.into_iter().map(|r| r.get_timeout(Duration::from_secs(30)).unwrap()).collect();
+    spread.sort();
+    assert_eq!(spread, ["head", "n1", "n2"]);
+    // A STRICT_SPREAD placement group across the three nodes: each bundle on its own node.
+    let pg = flare::placement_group(&[Bundle::cpus(1.0), Bundle::cpus(1.0), Bundle::cpus(1.0)], PlacementStrategy::StrictSpread)
+        .unwrap();
+    assert!(pg.wait(Duration::from_secs(10)).unwrap());
+    let mut in_pg: Vec<String> = (0..3)
+        .map(|i| where_am_i::options().scheduling_strategy(pg.bundle(Some(i))).remote(0))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|r| r.get_timeout(Duration::from_secs(30)).unwrap())
+        .collect();
+    in_pg.sort();
+    assert_eq!(in_pg, ["head", "n1", "n2"]);
+    // Four 1-CPU bundles cannot be strictly spread over three nodes.
+    let e = flare::placement_group(
+        &[Bundle::cpus(1.0), Bundle::cpus(1.0), Bundle::cpus(1.0), Bundle::cpus(1.0)],
+        PlacementStrategy::StrictSpread,
+    )
+    .unwrap()
+    .wait(Duration::from_secs(10))
+    .unwrap_err();
+    assert!(e.to_string().contains("node"), "{e}");
+    flare::remove_placement_group(&pg).unwrap();
+
+    // Objects both ways: a 48 MiB argument the driver put, pulled by a worker on n2, and a
+    // 40 MiB result made on n1, pulled into the driver's store.
+    let data: Vec<u8> = (0..48u64 << 20).map(|i| (i % 251) as u8).collect();
+    let want = local_checksum(&data);
+    let obj = flare::put(&Buffer::from(data)).unwrap();
+    let (sum, at) = checksum::options().resources("special", 1.0).remote(&obj).get_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!((sum, at.as_str()), (want, "n2"));
+    let made =
+        make_bytes::options().scheduling_strategy(SchedulingStrategy::NodeAffinity { node: n1, soft: false }).remote(40 << 20, 7);
+    let bytes = made.get_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(bytes.len(), 40 << 20);
+    assert!(bytes.iter().enumerate().all(|(i, b)| *b == (i as u8).wrapping_mul(7)));
+    // ...and that result as the argument of a task on n2 (n1 -> driver -> n2).
+    let (sum, _) = checksum::options().resources("special", 1.0).remote(&made).get_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(sum, local_checksum(&bytes));
+
+    // The agents run this very executable, shipped by content hash and cached.
+    let exe_len = std::fs::metadata("/proc/self/exe").unwrap().len();
+    for n in &c.nodes {
+        let cached: Vec<_> = std::fs::read_dir(n.dir.join("session_latest/exe")).unwrap().flatten().collect();
+        assert_eq!(cached.len(), 1, "node {} caches one executable", n.name);
+        assert_eq!(cached[0].metadata().unwrap().len(), exe_len);
+        assert_eq!(cached[0].file_name().len(), 64, "named by its SHA-256");
+    }
+    flare::shutdown();
+}
+
+#[test]
+fn a_killed_node_s_tasks_retry_and_its_actors_restart_elsewhere() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = TestCluster::start(flare_bin(), 0.0).unwrap();
+    c.add_node("a", 2.0, 0.0, &[]).unwrap();
+    c.add_node("b", 2.0, 0.0, &[]).unwrap();
+    join(&c);
+
+    // An actor, then the node it lives on dies: it restarts on the other node.
+    let w = Where::remote().num_cpus(1.0).max_restarts(1).spawn().unwrap();
+    let first = w.node().get_timeout(Duration::from_secs(60)).unwrap();
+    assert!(["a", "b"].contains(&first.as_str()));
+    let marker = std::env::temp_dir().join(format!("flare-cluster-hang-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    // A task that hangs on its first attempt; whichever node runs it is killed next.
+    let r = hang_once::options().max_retries(2).remote(marker.to_string_lossy().into_owned());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the task never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let victim = std::fs::read_to_string(&marker).unwrap();
+    let t = Instant::now();
+    c.kill_node(&victim).unwrap();
+    let survivor = if victim == "a" { "b" } else { "a" };
+    let retried = r.get_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(retried, survivor, "retried on the surviving node");
+    eprintln!("task retried on {survivor} {:?} after node {victim} was killed", t.elapsed());
+    let after = w.node().get_timeout(Duration::from_secs(60)).unwrap();
+    if first == victim {
+        assert_eq!(after, survivor, "the actor restarted on the surviving node");
+        let a = flare::list(flare::StateQuery::Actors).unwrap().actors;
+        assert_eq!(a.iter().find(|x| x.actor_id == w.id()).unwrap().restarts, 1);
+    } else {
+        assert_eq!(after, first, "an actor on the surviving node is untouched");
+    }
+    // The dead node is out of the cluster.
+    assert!(flare::nodes().unwrap().iter().all(|n| n.name != victim));
+    let _ = std::fs::remove_file(&marker);
+    flare::shutdown();
+}

@@ -1,0 +1,400 @@
+//! The driver's side of a multi-node cluster.
+//!
+//! A driver that joins a cluster (`FLARE_ADDRESS` or [`Config::address`](crate::Config)) keeps
+//! its embedded node as the owner of its tasks, actors and objects (Ray's ownership model), and
+//! schedules over every node of the head's node table: its own plus one [`RemoteNode`] per node
+//! agent. For each agent it holds an [`AgentLink`]: a TCP connection over which the agent gets
+//! the driver's executable (by content hash, cached on the agent) and starts and kills workers
+//! for it. Those workers connect back to the driver's TCP port ([`Hello::Worker`]) and speak the
+//! same protocol as local ones. Object files move by pull ([`crate::transfer`]): a worker pulls
+//! its arguments from the driver's node, and the driver pulls a remote worker's large results
+//! before it records them, so every object the driver owns is in its own store.
+//!
+//! A node whose agent connection breaks, or that the head declares dead, is dropped: its
+//! workers are handled as dead workers (tasks retried elsewhere, actors restarted elsewhere).
+
+use super::state::{NodeState, LOCAL};
+use super::workers::ReaderFlag;
+use super::{Effect, Node};
+use crate::codec::Payload;
+use crate::error::{ErrorKind, TaskError};
+use crate::head::client::HeadClient;
+use crate::ids::{NodeId, WorkerId};
+use crate::protocol::{read_frame, write_frame, Conn, FromAgent, Hello, Receiver, Reply, Request, ToAgent, ToNode, ToWorker};
+use crate::resources::{ResourcePool, ResourceSet};
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+/// How often the driver reads the head's node table.
+const NODE_POLL: Duration = Duration::from_secs(1);
+/// Bytes per frame of a shipped executable.
+const EXE_CHUNK: usize = 8 << 20;
+
+/// A node of the cluster as the driver's scheduler sees it.
+pub(crate) struct RemoteNode {
+    pub link: Arc<AgentLink>,
+    pub pool: ResourcePool,
+    pub labels: Vec<(String, String)>,
+}
+
+/// A worker started through an agent: its connection reader's progress and its log label.
+type RemoteWorker = (Arc<ReaderFlag>, Arc<Mutex<String>>);
+
+/// A driver's connection to one node agent.
+pub(crate) struct AgentLink {
+    pub node: NodeId,
+    /// The node's name in the head's table.
+    pub name: String,
+    /// `host:port` of the agent (object pulls go there too).
+    pub address: String,
+    token: String,
+    conn: Conn,
+    stream: TcpStream,
+    /// Workers started through it: their connection readers' progress and log labels.
+    workers: Mutex<HashMap<WorkerId, RemoteWorker>>,
+}
+
+impl AgentLink {
+    pub(crate) fn spawn(
+        &self,
+        wid: WorkerId,
+        gpu_key: Vec<u32>,
+        flag: Arc<ReaderFlag>,
+        label: Arc<Mutex<String>>,
+    ) -> std::io::Result<()> {
+        self.workers.lock().unwrap_or_else(|p| p.into_inner()).insert(wid, (flag, label));
+        self.conn.send(&ToAgent::Spawn { wid, gpu_key })
+    }
+
+    pub(crate) fn kill(&self, wid: WorkerId) {
+        let _ = self.conn.send(&ToAgent::Kill { wid });
+    }
+
+    /// Closes the connection; the agent then stops every worker it runs for this driver.
+    pub(crate) fn close(&self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+/// What a driver that joined a cluster keeps.
+pub(crate) struct ClusterCtx {
+    head: HeadClient,
+    pub token: String,
+    /// `host:port` where this driver's node accepts remote workers and pulls.
+    pub worker_addr: String,
+}
+
+impl NodeState {
+    pub(crate) fn pool_mut(&mut self, n: NodeId) -> Option<&mut ResourcePool> {
+        if n == LOCAL {
+            Some(&mut self.pool)
+        } else {
+            self.remote.get_mut(&n).map(|r| &mut r.pool)
+        }
+    }
+
+    pub(crate) fn node_alive(&self, n: NodeId) -> bool {
+        n == LOCAL || self.remote.contains_key(&n)
+    }
+
+    /// Every node, the driver's own first.
+    pub(crate) fn node_views(&self) -> Vec<crate::scheduler::NodeView<'_>> {
+        let mut v = vec![crate::scheduler::NodeView { id: LOCAL, pool: &self.pool }];
+        v.extend(self.remote.iter().map(|(id, r)| crate::scheduler::NodeView { id: *id, pool: &r.pool }));
+        v
+    }
+
+    /// The node an allocation was taken on.
+    pub(crate) fn node_of(&self, from: super::state::AllocFrom) -> NodeId {
+        match from {
+            super::state::AllocFrom::Node(n) => n,
+            super::state::AllocFrom::Bundle(pg, i) => match self.pgs.get(&pg).map(|p| &p.state) {
+                Some(super::state::PgState::Created(b)) => b.get(i).map(|(_, _, n)| *n).unwrap_or(LOCAL),
+                _ => LOCAL,
+            },
+        }
+    }
+
+    /// A node is gone: its workers are dead workers (their tasks retry elsewhere, their actors
+    /// restart elsewhere) and its resources leave the cluster.
+    pub(crate) fn node_died(&mut self, n: NodeId, reason: &str, fx: &mut Vec<Effect>) {
+        let Some(r) = self.remote.remove(&n) else { return };
+        r.link.close();
+        let why = format!("node {} ({}) died: {reason}", r.link.name, r.link.address);
+        tracing::warn!(node = %r.link.name, "{why}");
+        let on_it: Vec<WorkerId> = self.workers.iter().filter(|(_, w)| w.node == n).map(|(id, _)| *id).collect();
+        for w in on_it {
+            self.worker_died(w, &why, fx);
+        }
+        self.dirty = true;
+    }
+}
+
+fn resource_set(m: &serde_json::Map<String, serde_json::Value>) -> Result<ResourceSet, String> {
+    let mut set = ResourceSet::new();
+    for (k, v) in m {
+        let x = v.as_f64().ok_or_else(|| format!("resource {k} is not a number"))?;
+        set.set(k, x)?;
+    }
+    Ok(set)
+}
+
+impl Node {
+    /// Joins the cluster whose head serves at `address` (`http://host:port`): listens for
+    /// remote workers, connects to every live node agent, then follows the node table.
+    pub(crate) fn join(self: &Arc<Self>, address: &str, token: String, node_ip: &str) -> Result<(), crate::Error> {
+        let mut head = HeadClient::new(address, Some(token.clone())).map_err(crate::Error::Config)?;
+        head.timeout = Duration::from_secs(10);
+        let status = head
+            .get("/api/cluster_status")
+            .and_then(|r| match r.status {
+                401 | 403 => Err(format!(
+                    "the head at {address} refused this driver's token ({}); set FLARE_TOKEN to the cluster's (`flare token`)",
+                    r.text().trim()
+                )),
+                _ => r.ok_json(),
+            })
+            .map_err(|e| crate::Error::Config(format!("joining the cluster at {address}: {e}")))?;
+        let listener = TcpListener::bind((node_ip, 0))
+            .map_err(|e| crate::Error::io(format!("listening on {node_ip} for remote workers"), e))?;
+        let port = listener.local_addr().map_err(|e| crate::Error::io("reading the listener's address", e))?.port();
+        let ctx = ClusterCtx { head, token, worker_addr: format!("{node_ip}:{port}") };
+        if self.cluster.set(ctx).is_err() {
+            return Err(crate::Error::Config("this driver already joined a cluster".into()));
+        }
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("flare-cluster-listener".into())
+            .spawn(move || accept_loop(weak, listener))
+            .map_err(|e| crate::Error::io("starting the cluster listener", e))?;
+        self.sync_nodes(&status);
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("flare-cluster-watch".into())
+            .spawn(move || loop {
+                std::thread::sleep(NODE_POLL);
+                let Some(node) = weak.upgrade() else { return };
+                if node.lock().shutting_down {
+                    return;
+                }
+                let Some(ctx) = node.cluster.get() else { return };
+                match ctx.head.get("/api/cluster_status").and_then(|r| r.ok_json()) {
+                    Ok(status) => node.sync_nodes(&status),
+                    Err(e) => tracing::debug!("reading the head's node table: {e}"),
+                }
+            })
+            .map_err(|e| crate::Error::io("starting the cluster watcher", e))?;
+        Ok(())
+    }
+
+    /// Connects to live nodes not connected yet; drops the ones the head declared dead.
+    fn sync_nodes(self: &Arc<Self>, status: &serde_json::Value) {
+        let empty = Vec::new();
+        let nodes = status["nodes"].as_array().unwrap_or(&empty);
+        for n in nodes {
+            let name = n["node_id"].as_str().unwrap_or_default().to_string();
+            let address = n["address"].as_str().unwrap_or_default().to_string();
+            let alive = n["alive"].as_bool().unwrap_or(false);
+            let known = self.lock().remote.iter().find(|(_, r)| r.link.name == name).map(|(id, _)| *id);
+            match (alive, known) {
+                (true, None) if address.contains(':') => {
+                    let empty = serde_json::Map::new();
+                    let resources = n["resources_total"].as_object().unwrap_or(&empty);
+                    let labels: Vec<(String, String)> = n["labels"]
+                        .as_object()
+                        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+                        .unwrap_or_default();
+                    if let Err(e) = self.connect_agent(&name, &address, resources, labels) {
+                        tracing::warn!(node = %name, "cannot use node {name} at {address}: {e}");
+                    }
+                }
+                (false, Some(id)) => self.with_state(|st, fx| st.node_died(id, "the head declared it dead", fx)),
+                _ => {}
+            }
+        }
+    }
+
+    fn connect_agent(
+        self: &Arc<Self>,
+        name: &str,
+        address: &str,
+        resources: &serde_json::Map<String, serde_json::Value>,
+        labels: Vec<(String, String)>,
+    ) -> Result<(), String> {
+        let ctx = self.cluster.get().ok_or("not in a cluster")?;
+        let total = resource_set(resources)?;
+        let pool = ResourcePool::new(total)?;
+        let (exe_hash, exe_size) = crate::transfer::exe_digest()?;
+        let mut s = crate::transfer::connect(address).map_err(|e| format!("connecting: {e}"))?;
+        // Shipping a large executable over a slow link takes a while; a silent agent does not.
+        let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
+        let hello = Hello::Driver {
+            token: ctx.token.clone(),
+            exe_hash,
+            exe_size,
+            pid: std::process::id(),
+            worker_addr: ctx.worker_addr.clone(),
+        };
+        write_frame(&mut s, &hello).map_err(|e| e.to_string())?;
+        let need_exe = match read_frame::<FromAgent>(&mut s, 1 << 20).map_err(|e| format!("no welcome from the agent: {e}"))? {
+            FromAgent::Welcome { need_exe, .. } => need_exe,
+            FromAgent::Refused(why) => return Err(format!("the agent refused this driver: {why}")),
+            other => return Err(format!("unexpected first message from the agent: {other:?}")),
+        };
+        if need_exe {
+            let mut f = std::fs::File::open("/proc/self/exe").map_err(|e| format!("reading this executable: {e}"))?;
+            let mut buf = vec![0u8; EXE_CHUNK];
+            loop {
+                let n = f.read(&mut buf).map_err(|e| format!("reading this executable: {e}"))?;
+                if n == 0 {
+                    break;
+                }
+                write_frame(&mut s, &ToAgent::ExeChunk(buf[..n].to_vec())).map_err(|e| format!("sending the executable: {e}"))?;
+            }
+            write_frame(&mut s, &ToAgent::ExeEnd).map_err(|e| e.to_string())?;
+        }
+        match read_frame::<FromAgent>(&mut s, 1 << 20).map_err(|e| format!("the agent did not get ready: {e}"))? {
+            FromAgent::Ready => {}
+            FromAgent::Refused(why) => return Err(why),
+            other => return Err(format!("unexpected message from the agent: {other:?}")),
+        }
+        let _ = s.set_read_timeout(None);
+        let writer = s.try_clone().map_err(|e| e.to_string())?;
+        let reader = s.try_clone().map_err(|e| e.to_string())?;
+        let id = {
+            let mut st = self.lock();
+            let id = NodeId(st.next_node);
+            st.next_node += 1;
+            id
+        };
+        let link = Arc::new(AgentLink {
+            node: id,
+            name: name.to_string(),
+            address: address.to_string(),
+            token: ctx.token.clone(),
+            conn: Conn::new(writer),
+            stream: s,
+            workers: Mutex::new(HashMap::new()),
+        });
+        self.with_state(|st, _| {
+            st.remote.insert(id, RemoteNode { link: link.clone(), pool, labels });
+            st.dirty = true;
+        });
+        tracing::info!(node = %name, %address, "using node {name} as {id}");
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("flare-agent-link".into())
+            .spawn(move || read_agent(weak, link, Receiver::new(reader)))
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Pulls a large result a remote worker wrote on its node into this node's store.
+    fn fetch_result(&self, link: &AgentLink, p: Payload) -> Result<Payload, TaskError> {
+        let Payload::File { id, path, size } = p else { return Ok(p) };
+        let dest = crate::store::object_file(&self.session.shm_dir, id);
+        crate::transfer::pull(&link.address, &link.token, &path, true, &dest)
+            .map_err(|e| TaskError::new(ErrorKind::ObjectLost, format!("fetching object {id} from node {}: {e}", link.name)))?;
+        Ok(Payload::File { id, path: dest.to_string_lossy().into_owned(), size })
+    }
+}
+
+/// Reads an agent's messages until its connection ends, then drops its node.
+fn read_agent(node: Weak<Node>, link: Arc<AgentLink>, mut rx: Receiver) {
+    loop {
+        let msg = match rx.recv::<FromAgent>() {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(node = %link.name, "bad frame from the agent: {e}");
+                break;
+            }
+        };
+        let Some(n) = node.upgrade() else { return };
+        match msg {
+            FromAgent::Exited { wid, reason } => {
+                let entry = link.workers.lock().unwrap_or_else(|p| p.into_inner()).remove(&wid);
+                // Handle the death only after every message the worker sent was processed.
+                let weak = Arc::downgrade(&n);
+                let reason = format!("{reason} on node {}", link.name);
+                let _ = std::thread::Builder::new().name("flare-remote-reaper".into()).spawn(move || {
+                    if let Some((flag, _)) = entry {
+                        flag.wait_done(Duration::from_secs(2));
+                    }
+                    if let Some(n) = weak.upgrade() {
+                        n.with_state(|st, fx| st.worker_died(wid, &reason, fx));
+                    }
+                });
+            }
+            FromAgent::Log { wid, line } => {
+                if n.cfg.log_to_driver {
+                    let label = link.workers.lock().unwrap_or_else(|p| p.into_inner()).get(&wid).map(|(_, l)| l.clone());
+                    let label = label.map(|l| l.lock().unwrap_or_else(|p| p.into_inner()).clone()).unwrap_or_default();
+                    eprintln!("({label} {wid}, node={}) {line}", link.name);
+                }
+            }
+            other => tracing::debug!(node = %link.name, "unexpected message from the agent: {other:?}"),
+        }
+    }
+    if let Some(n) = node.upgrade() {
+        n.with_state(|st, fx| st.node_died(link.node, "the connection to its agent closed", fx));
+    }
+}
+
+/// Accepts remote workers and object pulls on the driver's cluster port.
+fn accept_loop(node: Weak<Node>, listener: TcpListener) {
+    for stream in listener.incoming() {
+        let Some(n) = node.upgrade() else { return };
+        let Ok(s) = stream else { continue };
+        let _ = std::thread::Builder::new().name("flare-tcp-conn".into()).spawn(move || serve_tcp(n, s));
+    }
+}
+
+fn serve_tcp(node: Arc<Node>, mut s: TcpStream) {
+    let Some(ctx) = node.cluster.get() else { return };
+    let _ = s.set_nodelay(true);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let Ok(hello) = read_frame::<Hello>(&mut s, 64 << 10) else { return };
+    match hello {
+        Hello::Worker { token, worker_id, pid } if crate::transfer::token_ok(&token, &ctx.token) => {
+            let _ = s.set_read_timeout(None);
+            let Some(link) = node.lock().workers.get(&worker_id).and_then(|w| w.link.clone()) else {
+                tracing::warn!(worker = %worker_id, "a remote worker this driver did not start connected; dropped");
+                return;
+            };
+            let (Ok(w), Ok(r)) = (s.try_clone(), s.try_clone()) else { return };
+            super::workers::serve_connection(node.clone(), worker_id, pid, Arc::new(Conn::new(w)), Receiver::new(r), Some(link));
+        }
+        Hello::Pull { token, path, offset, len, .. } if crate::transfer::token_ok(&token, &ctx.token) => {
+            // Objects this driver owns stay where they are (`consume` is for results moving here).
+            let roots = [node.session.shm_dir.clone(), node.session.spill.clone()];
+            if let Err(e) = crate::transfer::serve_pull(s, &path, offset, len, false, &roots) {
+                tracing::debug!("serving a pull of {path}: {e}");
+            }
+        }
+        _ => tracing::warn!("a connection to the cluster port without this cluster's token was dropped"),
+    }
+}
+
+/// For a remote worker's messages: large results come here first; recycled store files (of
+/// this node) are not offered to it.
+pub(crate) fn localize_message(node: &Node, link: &AgentLink, conn: &Conn, msg: ToNode) -> Option<ToNode> {
+    match msg {
+        ToNode::TaskDone { task_id, result: Ok((payload, refs)) } => {
+            let result = node.fetch_result(link, payload).map(|p| (p, refs));
+            Some(ToNode::TaskDone { task_id, result })
+        }
+        ToNode::Put { id, payload, contained } => {
+            let payload = node.fetch_result(link, payload).unwrap_or_else(Payload::Error);
+            Some(ToNode::Put { id, payload, contained })
+        }
+        ToNode::Request { req, body: Request::RecycledFile(_) } => {
+            let _ = conn.send(&ToWorker::Reply { req, body: Reply::Path(None) });
+            None
+        }
+        m => Some(m),
+    }
+}
