@@ -62,8 +62,8 @@ pub fn run(size: u64, rounds: usize, tasks: usize) -> anyhow::Result<serde_json:
                 None => noop::remote(i),
             })
             .collect();
-        for r in refs {
-            r.get_timeout(t)?;
+        for (i, r) in refs.into_iter().enumerate() {
+            anyhow::ensure!(r.get_timeout(t)? == i as u64, "task {i} answered wrong");
         }
         Ok(tasks as f64 / t0.elapsed().as_secs_f64())
     };
