@@ -572,9 +572,95 @@ pub fn list(c: &HeadClient, kind: &str, json: bool) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        "actors" | "tasks" | "placement-groups" => {
-            bail!("`flare list {kind}` needs node agents joined to the head, which this version does not have yet (issue #3)")
-        }
+        "actors" | "tasks" | "placement-groups" => list_driver_state(c, kind, json),
         other => bail!("`{other}` is not a list: use nodes, actors, tasks, jobs or placement-groups"),
     }
+}
+
+/// A driver's published state older than this is from a driver that died without cleaning up.
+const STALE_MS: u64 = 15_000;
+
+/// `flare list actors|tasks|placement-groups`: what every live driver of the cluster published.
+fn list_driver_state(c: &HeadClient, kind: &str, json: bool) -> anyhow::Result<()> {
+    let prefix = flare::head::STATE_PREFIX;
+    let keys = c.get(&format!("/api/kv?prefix={prefix}")).map_err(anyhow::Error::msg)?.ok_json().map_err(anyhow::Error::msg)?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let field = match kind {
+        "actors" => "actors",
+        "tasks" => "tasks",
+        _ => "placement_groups",
+    };
+    let mut rows: Vec<serde_json::Value> = Vec::new();
+    for k in keys["keys"].as_array().into_iter().flatten().filter_map(|k| k.as_str()) {
+        let Ok(r) = c.get(&format!("/api/kv/{k}")) else { continue };
+        let Ok(doc) = r.ok_json() else { continue };
+        if now.saturating_sub(doc["updated_ms"].as_u64().unwrap_or(0)) > STALE_MS {
+            continue;
+        }
+        for item in doc[field].as_array().into_iter().flatten() {
+            let mut item = item.clone();
+            item["driver_pid"] = doc["driver_pid"].clone();
+            if let Some(n) = item.get("node").and_then(|n| n.as_u64()) {
+                item["node_name"] = doc["node_names"][n.to_string()].clone();
+            }
+            rows.push(item);
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let s = |v: &serde_json::Value| match v {
+        serde_json::Value::String(x) => x.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    match kind {
+        "actors" => {
+            println!(
+                "{:<12} {:<28} {:<18} {:<16} {:<10} {:<8} {:<8} DRIVER",
+                "ACTOR_ID", "CLASS", "STATE", "NAME", "NODE", "PID", "RESTARTS"
+            );
+            for r in &rows {
+                println!(
+                    "{:<12} {:<28} {:<18} {:<16} {:<10} {:<8} {:<8} {}",
+                    s(&r["actor_id"]),
+                    s(&r["class"]),
+                    s(&r["state"]),
+                    s(&r["name"]),
+                    s(&r["node_name"]),
+                    s(&r["pid"]),
+                    s(&r["restarts"]),
+                    s(&r["driver_pid"])
+                );
+            }
+        }
+        "tasks" => {
+            println!("{:<14} {:<32} {:<18} {:<8} DRIVER", "TASK_ID", "NAME", "STATE", "ATTEMPT");
+            for r in &rows {
+                println!(
+                    "{:<14} {:<32} {:<18} {:<8} {}",
+                    s(&r["task_id"]),
+                    s(&r["name"]),
+                    s(&r["state"]),
+                    s(&r["attempt"]),
+                    s(&r["driver_pid"])
+                );
+            }
+        }
+        _ => {
+            println!("{:<12} {:<16} {:<12} {:<14} BUNDLES", "PG_ID", "NAME", "STATE", "STRATEGY");
+            for r in &rows {
+                println!(
+                    "{:<12} {:<16} {:<12} {:<14} {}",
+                    s(&r["id"]),
+                    s(&r["name"]),
+                    s(&r["state"]),
+                    s(&r["strategy"]),
+                    r["bundles"]
+                );
+            }
+        }
+    }
+    Ok(())
 }

@@ -171,6 +171,10 @@ enum Command {
         /// CPUs the embedded node offers (default: the machine's).
         #[arg(long)]
         num_cpus: Option<f64>,
+        /// Run against a running cluster (its head, http://HOST:PORT; FLARE_ADDRESS does the same):
+        /// this process joins as the driver and the work runs on the cluster's nodes.
+        #[arg(long)]
+        address: Option<String>,
     },
     /// Reinforcement learning tools.
     Rl {
@@ -541,7 +545,7 @@ fn main() -> anyhow::Result<()> {
             }
             println!("NCCL: {}", if flare::gpu::nccl_present() { "found" } else { "not found (libnccl.so)" });
         }
-        Command::Microbenchmark { filter, trial_secs, json, num_cpus } => {
+        Command::Microbenchmark { filter, trial_secs, json, num_cpus, address } => {
             if !(trial_secs.is_finite() && trial_secs > 0.0) {
                 anyhow::bail!("--trial-secs must be a positive number of seconds, got {trial_secs}");
             }
@@ -549,6 +553,9 @@ fn main() -> anyhow::Result<()> {
             let mut config = flare::Config::new().resource("custom", 100.0);
             if let Some(n) = num_cpus {
                 config = config.num_cpus(n);
+            }
+            if let Some(a) = address {
+                config = config.address(a);
             }
             flare::init_with(config)?;
             let trial = Duration::from_secs_f64(trial_secs);

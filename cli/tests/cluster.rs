@@ -143,13 +143,46 @@ fn work_spills_to_nodes_spreads_and_moves_objects() {
     let (sum, _) = checksum::options().resources("special", 1.0).remote(&made).get_timeout(Duration::from_secs(60)).unwrap();
     assert_eq!(sum, local_checksum(&bytes));
 
+    // A node that joins while the driver runs is picked up and used.
+    c.add_node("n3", 1.0, 0.0, &[("late", 1.0)]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !flare::nodes().unwrap().iter().any(|n| n.name == "n3") {
+        assert!(Instant::now() < deadline, "the driver never connected to n3");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let at = where_am_i::options().resources("late", 1.0).remote(0).get_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(at, "n3");
+
+    // A job's entrypoint that is a Flare program joins the cluster as its driver (the job
+    // sets FLARE_ADDRESS and FLARE_TOKEN): here `flare microbenchmark`, whose tasks run on the
+    // nodes' workers.
+    let hc = c.client();
+    let entry = format!("{} microbenchmark --filter 'single client tasks sync' --trial-secs 0.2 --json", flare_bin());
+    let j = hc.post_json("/api/jobs/", &serde_json::json!({"entrypoint": entry})).unwrap().ok_json().unwrap();
+    let id = j["submission_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        let v = hc.get(&format!("/api/jobs/{id}")).unwrap().ok_json().unwrap();
+        let st = v["status"].as_str().unwrap().to_string();
+        if ["SUCCEEDED", "FAILED", "STOPPED"].contains(&st.as_str()) {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the job never finished: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let logs = hc.get(&format!("/api/jobs/{id}/logs")).unwrap().ok_json().unwrap()["logs"].as_str().unwrap_or("").to_string();
+    assert_eq!(status, "SUCCEEDED", "{logs}");
+    assert!(logs.contains("single client tasks sync"), "{logs}");
+
     // The agents run this very executable, shipped by content hash and cached.
     let exe_len = std::fs::metadata("/proc/self/exe").unwrap().len();
     for n in &c.nodes {
         let cached: Vec<_> = std::fs::read_dir(n.dir.join("session_latest/exe")).unwrap().flatten().collect();
-        assert_eq!(cached.len(), 1, "node {} caches one executable", n.name);
-        assert_eq!(cached[0].metadata().unwrap().len(), exe_len);
-        assert_eq!(cached[0].file_name().len(), 64, "named by its SHA-256");
+        assert!(
+            cached.iter().any(|e| e.metadata().unwrap().len() == exe_len && e.file_name().len() == 64),
+            "node {} caches this executable under its SHA-256: {cached:?}",
+            n.name
+        );
     }
     flare::shutdown();
 }
@@ -193,6 +226,24 @@ fn a_killed_node_s_tasks_retry_and_its_actors_restart_elsewhere() {
     }
     // The dead node is out of the cluster.
     assert!(flare::nodes().unwrap().iter().all(|n| n.name != victim));
+    // `flare list actors` shows the actor, on its current node, from the driver's published state.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = std::process::Command::new(flare_bin())
+            .args(["list", "actors", "--json", "--address", &c.address])
+            .env("FLARE_TOKEN", &c.token)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mine = rows.as_array().unwrap().iter().find(|r| r["class"].as_str().is_some_and(|c| c.ends_with("Where"))).cloned();
+        if let Some(r) = mine.filter(|r| r["node_name"] == after.as_str()) {
+            assert_eq!(r["driver_pid"], std::process::id());
+            break;
+        }
+        assert!(Instant::now() < deadline, "flare list actors never showed the actor on {after}: {rows}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let _ = std::fs::remove_file(&marker);
     flare::shutdown();
 }

@@ -23,6 +23,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use http::{MAX_PACKAGE, RAY_VERSION};
+
+/// Where drivers that joined the cluster publish their actors, recent tasks and placement
+/// groups in the KV (one key per driver, rewritten every second, removed at shutdown).
+pub const STATE_PREFIX: &str = "__flare_state/";
 pub use jobs::{JobInfo, JobStatus};
 pub use kv_store::HeadStore;
 

@@ -19,6 +19,7 @@ use super::{Effect, Node};
 use crate::codec::Payload;
 use crate::error::{ErrorKind, TaskError};
 use crate::head::client::HeadClient;
+use crate::head::STATE_PREFIX;
 use crate::ids::{NodeId, WorkerId};
 use crate::protocol::{read_frame, write_frame, Conn, FromAgent, Hello, Receiver, Reply, Request, ToAgent, ToNode, ToWorker};
 use crate::resources::{ResourcePool, ResourceSet};
@@ -30,6 +31,8 @@ use std::time::Duration;
 
 /// How often the driver reads the head's node table.
 const NODE_POLL: Duration = Duration::from_secs(1);
+/// The most recent tasks a driver publishes.
+const STATE_TASKS: usize = 1000;
 /// Bytes per frame of a shipped executable.
 const EXE_CHUNK: usize = 8 << 20;
 
@@ -185,9 +188,47 @@ impl Node {
                     Ok(status) => node.sync_nodes(&status),
                     Err(e) => tracing::debug!("reading the head's node table: {e}"),
                 }
+                node.publish_state();
             })
             .map_err(|e| crate::Error::io("starting the cluster watcher", e))?;
         Ok(())
+    }
+
+    /// Writes this driver's actors, recent tasks and placement groups to the head's KV under
+    /// `STATE_PREFIX`, where `flare list actors|tasks|placement-groups` reads every driver's.
+    fn publish_state(&self) {
+        let Some(ctx) = self.cluster.get() else { return };
+        let names: HashMap<String, String> = {
+            let st = self.lock();
+            std::iter::once((LOCAL.0.to_string(), "local".to_string()))
+                .chain(st.remote.iter().map(|(id, r)| (id.0.to_string(), r.link.name.clone())))
+                .collect()
+        };
+        let actors = self.state(crate::runtime::StateQuery::Actors).actors;
+        let mut tasks = self.state(crate::runtime::StateQuery::Tasks).tasks;
+        if tasks.len() > STATE_TASKS {
+            tasks.drain(..tasks.len() - STATE_TASKS);
+        }
+        let pgs = self.state(crate::runtime::StateQuery::PlacementGroups).placement_groups;
+        let doc = serde_json::json!({
+            "driver_pid": std::process::id(),
+            "updated_ms": crate::util::now_ms(),
+            "node_names": names,
+            "actors": actors,
+            "tasks": tasks,
+            "placement_groups": pgs,
+        });
+        let key = format!("/api/kv/{STATE_PREFIX}driver-{}", std::process::id());
+        if let Err(e) = ctx.head.request("PUT", &key, Some(("application/json", doc.to_string().as_bytes()))) {
+            tracing::debug!("publishing this driver's state to the head: {e}");
+        }
+    }
+
+    /// Removes this driver's published state (at shutdown).
+    pub(crate) fn unpublish_state(&self) {
+        if let Some(ctx) = self.cluster.get() {
+            let _ = ctx.head.request("DELETE", &format!("/api/kv/{STATE_PREFIX}driver-{}", std::process::id()), None);
+        }
     }
 
     /// Connects to live nodes not connected yet; drops the ones the head declared dead.

@@ -7,7 +7,7 @@
 //! run after the lock is released, so no I/O and no user callback ever runs under the lock.
 
 mod actors;
-mod cluster;
+pub(crate) mod cluster;
 mod objects;
 mod sched;
 mod session;
@@ -259,6 +259,7 @@ impl Node {
 
     /// Stops every worker and removes the session's shared memory.
     pub(crate) fn shutdown(&self) {
+        self.unpublish_state();
         let pids = self.with_state(|st, fx| st.shutdown(fx));
         // Give workers a moment to exit on their own, then make sure.
         let deadline = std::time::Instant::now() + Duration::from_millis(500);
