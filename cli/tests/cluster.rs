@@ -247,3 +247,43 @@ fn a_killed_node_s_tasks_retry_and_its_actors_restart_elsewhere() {
     let _ = std::fs::remove_file(&marker);
     flare::shutdown();
 }
+
+struct Keeper {
+    n: u64,
+}
+
+#[flare::actor]
+impl Keeper {
+    fn new() -> Self {
+        Keeper { n: 0 }
+    }
+    fn add(&mut self, k: u64) -> u64 {
+        self.n += k;
+        self.n
+    }
+}
+
+#[test]
+fn work_goes_on_while_the_head_restarts() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = TestCluster::start(flare_bin(), 0.0).unwrap();
+    c.add_node("w1", 2.0, 0.0, &[]).unwrap();
+    join(&c);
+    let k = Keeper::remote().num_cpus(1.0).name("keeper").spawn().unwrap();
+    assert_eq!(k.add(1).get_timeout(Duration::from_secs(60)).unwrap(), 1);
+    c.restart_head().unwrap();
+    // The node agent's connection to the driver is direct: work and actor state carry on
+    // while the head is away and after it is back.
+    assert_eq!(where_am_i::remote(0).get_timeout(Duration::from_secs(30)).unwrap(), "w1");
+    c.wait_alive("w1", true, Duration::from_secs(15)).unwrap();
+    let again = flare::get_actor::<Keeper>("keeper").unwrap();
+    assert_eq!(again.add(2).get_timeout(Duration::from_secs(30)).unwrap(), 3, "the actor kept its state");
+    // The restarted head's own node is used again once the driver sees it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !flare::nodes().unwrap().iter().any(|n| n.name == "head") {
+        assert!(Instant::now() < deadline, "the driver never reconnected to the restarted head's node");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(k);
+    flare::shutdown();
+}

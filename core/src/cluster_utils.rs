@@ -26,6 +26,7 @@ pub struct TestCluster {
     pub grpc_address: String,
     pub token: String,
     pub nodes: Vec<TestNode>,
+    head_cpus: f64,
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
@@ -74,6 +75,7 @@ impl TestCluster {
             grpc_address: info.grpc_address,
             token,
             nodes: Vec::new(),
+            head_cpus,
         })
     }
 
@@ -120,6 +122,32 @@ impl TestCluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Stops the head (SIGTERM) and starts it again on the same directory and ports, as
+    /// after a head crash; node agents reconnect to it on their own.
+    pub fn restart_head(&mut self) -> Result<(), String> {
+        // Safety: plain syscall on the head this cluster started.
+        unsafe { libc::kill(self.head_pid as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while unsafe { libc::kill(self.head_pid as libc::pid_t, 0) } == 0 {
+            if Instant::now() > deadline {
+                // Safety: as above.
+                unsafe { libc::kill(self.head_pid as libc::pid_t, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let port = |a: &str| a.rsplit(':').next().unwrap_or("0").to_string();
+        let mut cmd = Command::new(&self.flare);
+        cmd.args(["start", "--head", "--dashboard-port", &port(&self.address), "--port", &port(&self.grpc_address)])
+            .args(["--num-cpus", &self.head_cpus.to_string(), "--num-gpus", "0"])
+            .arg("--temp-dir")
+            .arg(&self.dir)
+            .env("FLARE_NODE_DEAD_AFTER_MS", "1500")
+            .env_remove("FLARE_ADDRESS");
+        run(&mut cmd, "restarting the head")?;
+        self.head_pid = HeadInfo::read(&self.dir.join("session_latest"))?.pid;
+        Ok(())
     }
 
     /// SIGKILLs node `name`'s agent (its workers die with it).
