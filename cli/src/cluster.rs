@@ -526,7 +526,7 @@ pub fn status(c: &HeadClient, json: bool) -> anyhow::Result<()> {
         let role = if n["is_head"].as_bool() == Some(true) { " (head)" } else { "" };
         println!(" {state} {}{role}", n["node_id"].as_str().unwrap_or(""));
     }
-    println!("\nResources (used by job entrypoints / total)\n-------------------------------------------");
+    println!("\nResources (used by drivers' work + job entrypoints / total)\n-----------------------------------------------------------");
     for n in v["nodes"].as_array().into_iter().flatten() {
         let Some(total) = n["resources_total"].as_object() else { continue };
         println!(" {}{}:", n["node_id"].as_str().unwrap_or(""), if n["alive"].as_bool() == Some(true) { "" } else { " (dead)" });
@@ -534,13 +534,22 @@ pub fn status(c: &HeadClient, json: bool) -> anyhow::Result<()> {
         keys.sort();
         for k in keys {
             let t = total[k].as_f64().unwrap_or(0.0);
-            let u = n["resources_used_by_jobs"][k].as_f64().unwrap_or(0.0);
+            let u = n["resources_used_by_jobs"][k].as_f64().unwrap_or(0.0)
+                + n["resources_used_by_drivers"][k].as_f64().unwrap_or(0.0);
             if k == "memory" {
                 println!("   {:.1}/{:.1} GiB {k}", u / (1u64 << 30) as f64, t / (1u64 << 30) as f64);
             } else {
                 println!("   {u}/{t} {k}");
             }
         }
+    }
+    println!("\nDemands\n-------");
+    let demands: Vec<&serde_json::Value> = v["pending_demands"].as_array().into_iter().flatten().collect();
+    if demands.is_empty() {
+        println!(" (no resource demands)");
+    }
+    for d in demands {
+        println!(" {}: {} pending tasks/actors", d["resources"], d["count"]);
     }
     println!("\nJobs\n----");
     if let Some(m) = v["jobs"].as_object() {

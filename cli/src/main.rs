@@ -71,7 +71,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Tables of nodes, jobs (and, with node agents, actors, tasks, placement groups).
+    /// Tables of nodes, jobs, and the actors, tasks and placement groups of the live drivers.
     List {
         kind: String,
         #[arg(long)]

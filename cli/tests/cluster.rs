@@ -271,6 +271,30 @@ fn work_goes_on_while_the_head_restarts() {
     join(&c);
     let k = Keeper::remote().num_cpus(1.0).name("keeper").spawn().unwrap();
     assert_eq!(k.add(1).get_timeout(Duration::from_secs(60)).unwrap(), 1);
+    // The head shows what the driver holds on each node and what waits for resources: the
+    // actor and one task fill w1's 2 CPUs, a second task waits.
+    let busy: Vec<_> = (0..2).map(|_| where_am_i::remote(3000)).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = c.client().get("/api/cluster_status").unwrap().ok_json().unwrap();
+        let w1 = v["nodes"].as_array().unwrap().iter().find(|n| n["node_id"] == "w1").unwrap().clone();
+        let waiting = v["pending_demands"].as_array().unwrap().iter().any(|d| d["resources"]["CPU"] == 1.0 && d["count"] == 1);
+        if w1["resources_used_by_drivers"]["CPU"] == 2.0 && waiting {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the head never showed w1 full and one task waiting: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = std::process::Command::new(flare_bin())
+        .args(["status", "--address", &c.address])
+        .env("FLARE_TOKEN", &c.token)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("2/2 CPU") && text.contains("pending tasks/actors"), "{text}");
+    for b in busy {
+        assert_eq!(b.get_timeout(Duration::from_secs(30)).unwrap(), "w1");
+    }
     c.restart_head().unwrap();
     // The node agent's connection to the driver is direct: work and actor state carry on
     // while the head is away and after it is back.

@@ -268,18 +268,47 @@ async fn kv_keys(State(s): S, Query(q): Query<Prefix>) -> Result<Json<serde_json
     Ok(Json(json!({ "keys": s.db.kv_keys(q.prefix.as_deref().unwrap_or("")).map_err(|e| err(500, e))? })))
 }
 
+/// What the live drivers published (`super::STATE_PREFIX`): resources they hold per node, and
+/// the work they cannot place now.
+fn driver_usage(
+    s: &Shared,
+) -> (std::collections::HashMap<String, std::collections::HashMap<String, f64>>, Vec<serde_json::Value>) {
+    let mut used: std::collections::HashMap<String, std::collections::HashMap<String, f64>> = Default::default();
+    let mut demands = Vec::new();
+    let now = super::now_ms();
+    for key in s.db.kv_keys(super::STATE_PREFIX).unwrap_or_default() {
+        let Ok(Some(bytes)) = s.db.kv_get(&key) else { continue };
+        let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&bytes) else { continue };
+        // A driver that stopped publishing (killed) no longer holds anything.
+        if now.saturating_sub(doc["updated_ms"].as_u64().unwrap_or(0)) > 15_000 {
+            continue;
+        }
+        for n in doc["nodes"].as_array().into_iter().flatten() {
+            let entry = used.entry(n["name"].as_str().unwrap_or_default().to_string()).or_default();
+            for (k, v) in n["used"].as_object().into_iter().flatten() {
+                *entry.entry(k.clone()).or_default() += v.as_f64().unwrap_or(0.0);
+            }
+        }
+        demands.extend(doc["demands"].as_array().into_iter().flatten().cloned());
+    }
+    (used, demands)
+}
+
 async fn cluster_status(State(s): S) -> Json<serde_json::Value> {
+    let (used, demands) = driver_usage(&s);
     let nodes: Vec<serde_json::Value> = s
         .node_list()
         .into_iter()
         .map(|n| {
             let mut v = serde_json::to_value(&n).unwrap();
             v["resources_used_by_jobs"] = if n.is_head { json!(s.jobs.used()) } else { json!({}) };
+            v["resources_used_by_drivers"] = json!(used.get(&n.node_id).cloned().unwrap_or_default());
             v
         })
         .collect();
     Json(json!({
         "nodes": nodes,
+        "pending_demands": demands,
         "jobs": s.jobs.counts(),
         "head_started_at_ms": s.started_at_ms,
     }))

@@ -210,7 +210,43 @@ impl Node {
             tasks.drain(..tasks.len() - STATE_TASKS);
         }
         let pgs = self.state(crate::runtime::StateQuery::PlacementGroups).placement_groups;
+        let as_map = |r: &ResourceSet| -> serde_json::Map<String, serde_json::Value> {
+            r.iter().map(|(k, _)| (k.to_string(), r.get(k).into())).collect()
+        };
+        // What this driver holds on each node, and the shapes of work it cannot place now.
+        let (nodes, demands) = {
+            let st = self.lock();
+            let nodes: Vec<serde_json::Value> = st
+                .remote
+                .values()
+                .map(|r| {
+                    let mut used = r.pool.total().clone();
+                    used.sub(r.pool.available());
+                    serde_json::json!({"name": r.link.name, "used": as_map(&used)})
+                })
+                .collect();
+            let mut demands: Vec<(ResourceSet, usize)> = Vec::new();
+            let mut count = |req: &ResourceSet| match demands.iter_mut().find(|(r, _)| r == req) {
+                Some((_, n)) => *n += 1,
+                None => demands.push((req.clone(), 1)),
+            };
+            for ((req, _), q) in &st.ready {
+                for _ in q {
+                    count(req);
+                }
+            }
+            for aid in &st.actor_queue {
+                if let Some(a) = st.actors.get(aid) {
+                    count(&a.spec.resources);
+                }
+            }
+            let demands: Vec<serde_json::Value> =
+                demands.iter().map(|(r, n)| serde_json::json!({"resources": as_map(r), "count": n})).collect();
+            (nodes, demands)
+        };
         let doc = serde_json::json!({
+            "nodes": nodes,
+            "demands": demands,
             "driver_pid": std::process::id(),
             "updated_ms": crate::util::now_ms(),
             "node_names": names,
