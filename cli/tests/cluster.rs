@@ -143,6 +143,23 @@ fn work_spills_to_nodes_spreads_and_moves_objects() {
     let (sum, _) = checksum::options().resources("special", 1.0).remote(&made).get_timeout(Duration::from_secs(60)).unwrap();
     assert_eq!(sum, local_checksum(&bytes));
 
+    // A node agent's port runs nothing for a connection without the cluster's token.
+    let n1_addr = flare::nodes().unwrap().into_iter().find(|n| n.name == "n1").unwrap().address;
+    let mut s = std::net::TcpStream::connect(&n1_addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let hello = flare::protocol::Hello::Driver {
+        token: "not-the-token".into(),
+        exe_hash: "0".repeat(64),
+        exe_size: 1,
+        pid: 1,
+        worker_addr: "127.0.0.1:1".into(),
+    };
+    flare::protocol::write_frame(&mut s, &hello).unwrap();
+    match flare::protocol::read_frame::<flare::protocol::FromAgent>(&mut s, 1 << 20).unwrap() {
+        flare::protocol::FromAgent::Refused(why) => assert!(why.contains("token"), "{why}"),
+        other => panic!("a wrong token got {other:?}"),
+    }
+
     // A node that joins while the driver runs is picked up and used.
     c.add_node("n3", 1.0, 0.0, &[("late", 1.0)]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
