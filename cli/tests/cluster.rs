@@ -328,3 +328,31 @@ fn work_goes_on_while_the_head_restarts() {
     drop(k);
     flare::shutdown();
 }
+
+#[test]
+fn a_placement_group_bundle_moves_off_a_dead_node() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = TestCluster::start(flare_bin(), 0.0).unwrap();
+    for n in ["p1", "p2", "p3"] {
+        c.add_node(n, 1.0, 0.0, &[]).unwrap();
+    }
+    join(&c);
+    let pg = flare::placement_group(&[Bundle::cpus(1.0), Bundle::cpus(1.0)], PlacementStrategy::StrictSpread).unwrap();
+    assert!(pg.wait(Duration::from_secs(10)).unwrap());
+    let w = Where::remote().num_cpus(1.0).max_restarts(1).scheduling_strategy(pg.bundle(Some(0))).spawn().unwrap();
+    let first = w.node().get_timeout(Duration::from_secs(60)).unwrap();
+    let other =
+        where_am_i::options().scheduling_strategy(pg.bundle(Some(1))).remote(0).get_timeout(Duration::from_secs(60)).unwrap();
+    assert_ne!(first, other, "STRICT_SPREAD");
+    c.kill_node(&first).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while flare::nodes().unwrap().iter().any(|n| n.name == first) {
+        assert!(Instant::now() < deadline, "the driver never saw {first} die");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Bundle 0 moves to the one node that is neither dead nor bundle 1's; the actor restarts there.
+    let third = ["p1", "p2", "p3"].into_iter().find(|n| *n != first && *n != other).unwrap();
+    assert_eq!(w.node().get_timeout(Duration::from_secs(60)).unwrap(), third);
+    flare::remove_placement_group(&pg).unwrap();
+    flare::shutdown();
+}

@@ -132,7 +132,54 @@ impl NodeState {
         for w in on_it {
             self.worker_died(w, &why, fx);
         }
+        // Bundles of placement groups on it move to nodes that can hold them (their work
+        // died with the node and is retried or restarted into the moved bundle).
+        let lost: Vec<(crate::ids::PlacementGroupId, usize)> = self
+            .pgs
+            .iter()
+            .filter_map(|(id, pg)| match &pg.state {
+                super::state::PgState::Created(b) => Some((id, b)),
+                _ => None,
+            })
+            .flat_map(|(id, b)| b.iter().enumerate().filter(|(_, (_, _, node))| *node == n).map(move |(i, _)| (*id, i)))
+            .collect();
+        self.lost_bundles.extend(lost);
+        self.replace_lost_bundles();
         self.dirty = true;
+    }
+
+    /// Places bundles whose node died again, where they fit now (STRICT_SPREAD: on a node no
+    /// other bundle of the group uses); the rest wait for the next pass.
+    pub(crate) fn replace_lost_bundles(&mut self) {
+        let lost = std::mem::take(&mut self.lost_bundles);
+        for (pg, i) in lost {
+            let Some(entry) = self.pgs.get(&pg) else { continue };
+            let super::state::PgState::Created(b) = &entry.state else { continue };
+            if b.get(i).is_none() {
+                continue;
+            }
+            let strict = entry.spec.strategy == crate::scheduler::PlacementStrategy::StrictSpread;
+            let taken: Vec<NodeId> = b.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, (_, _, node))| *node).collect();
+            let req = entry.spec.bundles[i].clone();
+            let target = self
+                .node_views()
+                .iter()
+                .filter(|v| !(strict && taken.contains(&v.id)))
+                .find(|v| v.pool.clone().try_allocate(&req).is_some())
+                .map(|v| v.id);
+            let Some(target) = target else {
+                self.lost_bundles.push((pg, i));
+                continue;
+            };
+            let Some(a) = self.pool_mut(target).and_then(|p| p.try_allocate(&req)) else {
+                self.lost_bundles.push((pg, i));
+                continue;
+            };
+            if let Some(super::state::PgEntry { state: super::state::PgState::Created(b), .. }) = self.pgs.get_mut(&pg) {
+                b[i] = (ResourcePool::from_allocation(&a), a, target);
+                tracing::info!(pg = %pg, bundle = i, node = %target, "bundle moved off a dead node");
+            }
+        }
     }
 }
 

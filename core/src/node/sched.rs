@@ -196,6 +196,9 @@ impl NodeState {
             return;
         }
         self.dirty = false;
+        if !self.lost_bundles.is_empty() {
+            self.replace_lost_bundles();
+        }
         self.schedule_placement_groups(fx);
         self.schedule_actors(fx);
         let now = Instant::now();

@@ -199,6 +199,8 @@ pub(crate) struct NodeState {
     pub named: HashMap<(String, String), ActorId>,
     pub pgs: HashMap<PlacementGroupId, PgEntry>,
     pub pending_pgs: VecDeque<PlacementGroupId>,
+    /// Bundles of created groups whose node died, waiting to be placed again.
+    pub lost_bundles: Vec<(PlacementGroupId, usize)>,
     /// Finished tasks, newest last, bounded.
     pub history: VecDeque<TaskInfo>,
     /// Freed store files kept for reuse (path, size), and their total size.
@@ -236,6 +238,7 @@ impl NodeState {
             named: HashMap::new(),
             pgs: HashMap::new(),
             pending_pgs: VecDeque::new(),
+            lost_bundles: Vec::new(),
             history: VecDeque::new(),
             recycled: Vec::new(),
             recycled_bytes: 0,
