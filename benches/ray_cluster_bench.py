@@ -7,6 +7,14 @@ TASKS 1-CPU no-op tasks pinned to n1, then free to use both nodes. Prints one JS
 """
 import argparse, json, os, statistics, subprocess, sys, tempfile, time
 
+# Ray 2.60 clusters authenticate with a token; every process of this one shares a fresh one
+# (set before Ray is imported: it reads its settings then).
+token_file = os.path.join(tempfile.mkdtemp(prefix="ray-token-"), "auth_token")
+with open(token_file, "w") as f:
+    f.write(os.urandom(16).hex())
+os.environ.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token_file)
+os.environ.pop("RAY_AUTH_TOKEN", None)
+
 import numpy as np
 import ray
 
@@ -20,14 +28,14 @@ ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
 tmp = tempfile.mkdtemp(prefix="ray-cluster-bench-")
 port = "6390"
 store = str(3 << 30)
-env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+env = dict(os.environ)
 def sh(*args):
     subprocess.run([ray_bin, *args], check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-sh("start", "--head", "--port", port, "--num-cpus", "0", "--include-dashboard=false", "--temp-dir", tmp, "--object-store-memory", store)
+sh("start", "--head", "--node-ip-address", "127.0.0.1", "--port", port, "--num-cpus", "0", "--include-dashboard=false", "--temp-dir", tmp, "--object-store-memory", store)
 try:
     for n in ("n1", "n2"):
-        sh("start", "--address", f"127.0.0.1:{port}", "--num-cpus", "2", "--resources", json.dumps({n: 100}), "--object-store-memory", store)
-    ray.init(address=f"127.0.0.1:{port}", logging_level="ERROR", log_to_driver=False)
+        sh("start", "--node-ip-address", "127.0.0.1", "--address", f"127.0.0.1:{port}", "--num-cpus", "2", "--resources", json.dumps({n: 100}), "--object-store-memory", store)
+    ray.init(address=f"127.0.0.1:{port}", _node_ip_address="127.0.0.1", logging_level="ERROR", log_to_driver=False)
     deadline = time.time() + 60
     while sum(1 for n in ray.nodes() if n["Alive"]) < 3:
         assert time.time() < deadline, "the worker nodes never joined"
