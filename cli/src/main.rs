@@ -573,7 +573,7 @@ fn main() -> anyhow::Result<()> {
                     println!("env steps {steps:>8}  mean return (last 100) {mean:>8.1}");
                 }
             };
-            use flare::rl::algo::{a2c, dqn, ppo};
+            use flare::rl::algo::{a2c, dqn, ppo, sac};
             let summary = match algo.as_str() {
                 "ppo" => {
                     let cfg = ppo::PpoConfig { env_id: env.clone(), seed, total_env_steps: max_env_steps, ..Default::default() };
@@ -597,9 +597,14 @@ fn main() -> anyhow::Result<()> {
                         a2c::train_distributed(&cfg, num_env_runners, report)?.0
                     }
                 }
-                other => anyhow::bail!(
-                    "--algo {other} is not available yet; this build trains ppo, dqn and a2c (sac is still to come)"
-                ),
+                "sac" => {
+                    if num_env_runners > 0 {
+                        anyhow::bail!("--num-env-runners is supported by ppo and a2c; sac samples in this process for now");
+                    }
+                    let cfg = sac::SacConfig { env_id: env.clone(), seed, total_env_steps: max_env_steps, ..Default::default() };
+                    sac::train(&cfg, report)?.0
+                }
+                other => anyhow::bail!("--algo {other} is not one of ppo, dqn, a2c, sac"),
             };
             if json {
                 println!("{}", serde_json::to_string(&summary)?);

@@ -17,6 +17,9 @@ pub enum Error {
     /// The Flare runtime failed (spawning env runners, sampling on them).
     #[error("runtime: {0}")]
     Runtime(String),
+    /// The learner (candle) failed, or a checkpoint could not be written or read.
+    #[error("learner: {0}")]
+    Learner(String),
     /// A trace file could not be read or does not have the expected layout.
     #[error("trace {path}: {message}")]
     Trace { path: String, message: String },

@@ -50,6 +50,13 @@ impl Rng {
     }
 
     /// Uniform in `0..n` (`n > 0`).
+    /// A standard normal sample (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = self.next_f64().max(f64::MIN_POSITIVE);
+        let u2 = self.next_f64();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n
     }

@@ -3,6 +3,7 @@
 pub mod a2c;
 pub mod dqn;
 pub mod ppo;
+pub mod sac;
 
 use serde::Serialize;
 
