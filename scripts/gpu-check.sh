@@ -46,6 +46,15 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu":
         shutil.copy(m["executable"], "'"$dir"'/bin/test-train-cuda")
 '
+        # SAC's candle learner on CUDA (the same test as on the CPU; the device is picked at run time).
+        scripts/build-cuda.sh test-bin -q -p flare-rl --test sac --message-format=json 2>/dev/null |
+            python3 -c '
+import json, shutil, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "sac":
+        shutil.copy(m["executable"], "'"$dir"'/bin/test-sac-cuda")
+'
     fi
     # The machine has no ../shared: the training oracle travels in the bundle.
     oracle=../shared/oracles/train
@@ -98,6 +107,9 @@ run() {
         FLARE_TRAIN_ORACLE="$b/oracle-train" step test-train-cuda "$b/test-train-cuda" --test-threads=1 --nocapture
     else
         echo "== test-train-cuda: not in the bundle (prepare with FLARE_GPU_CHECK_CUDA=1)" | tee -a "$out/summary.txt"
+    fi
+    if [ -x "$b/test-sac-cuda" ]; then
+        step test-sac-cuda "$b/test-sac-cuda" --test-threads=1 --nocapture
     fi
     for op in all-reduce all-gather broadcast; do
         step "bench-nccl-$op" "$b/flare" bench collectives --op "$op" --backend nccl --world-size 1 \

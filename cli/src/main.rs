@@ -602,7 +602,10 @@ fn main() -> anyhow::Result<()> {
                         anyhow::bail!("--num-env-runners is supported by ppo and a2c; sac samples in this process for now");
                     }
                     let cfg = sac::SacConfig { env_id: env.clone(), seed, total_env_steps: max_env_steps, ..Default::default() };
-                    sac::train(&cfg, report)?.0
+                    let (mut summary, learner) = sac::train(&cfg, report)?;
+                    // Ten deterministic episodes with seeds the training never used.
+                    summary.eval_return = Some(sac::evaluate(&learner, &env, 10, seed + 1_000_000)?);
+                    summary
                 }
                 other => anyhow::bail!("--algo {other} is not one of ppo, dqn, a2c, sac"),
             };

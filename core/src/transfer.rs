@@ -127,7 +127,7 @@ fn pull_range(
 pub(crate) fn pull(addr: &str, token: &str, path: &str, consume: bool, dest: &Path) -> Result<u64, String> {
     let what = |e: String| format!("pulling {path} from {addr}: {e}");
     let size = pull_range(addr, token, path, 0, 0, false, None).map_err(what)?;
-    let tmp = dest.with_extension("pulling");
+    let tmp = PathBuf::from(format!("{}.pulling", dest.display()));
     let out = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -17,6 +17,9 @@ pub struct Summary {
     pub mean_return: f64,
     pub wall_s: f64,
     pub episodes: u64,
+    /// Mean return of deterministic evaluation episodes after training, where the run made them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_return: Option<f64>,
 }
 
 /// The returns of the last 100 episodes, which decide "solved" (gymnasium's convention).
@@ -56,6 +59,7 @@ impl Recent {
             mean_return: self.mean(),
             wall_s: started.elapsed().as_secs_f64(),
             episodes: self.episodes,
+            eval_return: None,
         }
     }
 }
