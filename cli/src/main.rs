@@ -563,9 +563,6 @@ fn main() -> anyhow::Result<()> {
             microbenchmark::run(timing, &filter, json)?;
         }
         Command::Rl { command: RlCommand::Train { algo, env, seed, max_env_steps, num_env_runners, json } } => {
-            if num_env_runners > 0 && algo == "dqn" {
-                anyhow::bail!("--num-env-runners is supported by ppo and a2c; dqn samples in this process for now");
-            }
             let mut last_print = 0u64;
             let report = |steps: u64, mean: f64| {
                 if !json && steps - last_print >= 20_000 {
@@ -586,7 +583,12 @@ fn main() -> anyhow::Result<()> {
                 }
                 "dqn" => {
                     let cfg = dqn::DqnConfig { env_id: env.clone(), seed, total_env_steps: max_env_steps, ..Default::default() };
-                    dqn::train(&cfg, report)?.0
+                    if num_env_runners == 0 {
+                        dqn::train(&cfg, report)?.0
+                    } else {
+                        flare::init_with(flare::Config::new().log_to_driver(false))?;
+                        dqn::train_distributed(&cfg, num_env_runners, report)?.0
+                    }
                 }
                 "a2c" => {
                     let cfg = a2c::A2cConfig { env_id: env.clone(), seed, total_env_steps: max_env_steps, ..Default::default() };
@@ -599,7 +601,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 "sac" => {
                     if num_env_runners > 0 {
-                        anyhow::bail!("--num-env-runners is supported by ppo and a2c; sac samples in this process for now");
+                        anyhow::bail!("--num-env-runners is supported by ppo, a2c and dqn; sac samples in this process for now");
                     }
                     let cfg = sac::SacConfig { env_id: env.clone(), seed, total_env_steps: max_env_steps, ..Default::default() };
                     let (mut summary, learner) = sac::train(&cfg, report)?;

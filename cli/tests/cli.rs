@@ -55,7 +55,7 @@ fn microbenchmark_prints_rays_line_format() {
 }
 
 #[test]
-fn a2c_trains_with_env_runner_actors_and_dqn_says_it_cannot() {
+fn a2c_and_dqn_train_with_env_runner_actors_and_sac_says_it_cannot() {
     let out = flare()
         .args(["rl", "train", "--algo", "a2c", "--num-env-runners", "2", "--max-env-steps", "8000", "--json"])
         .output()
@@ -65,9 +65,20 @@ fn a2c_trains_with_env_runner_actors_and_dqn_says_it_cannot() {
     let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
     // Two runners of 8 envs x 5 steps: 80 env steps per update.
     assert!(last["env_steps"].as_u64().unwrap() >= 8000, "{last}");
-    let out = flare().args(["rl", "train", "--algo", "dqn", "--num-env-runners", "2"]).output().unwrap();
+    // DQN: two runners stepping epsilon-greedy with weights from the object store; past
+    // learning_starts (10,000) the learner takes gradient steps on what they sent.
+    let out = flare()
+        .args(["rl", "train", "--algo", "dqn", "--num-env-runners", "2", "--max-env-steps", "12000", "--json"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert!(last["env_steps"].as_u64().unwrap() >= 12000, "{last}");
+    assert!(last["episodes"].as_u64().unwrap() > 50, "{last}");
+    let out = flare().args(["rl", "train", "--algo", "sac", "--env", "Pendulum-v1", "--num-env-runners", "2"]).output().unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("ppo and a2c"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ppo, a2c and dqn"));
 }
 
 #[test]

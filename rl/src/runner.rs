@@ -24,6 +24,12 @@ pub struct Rollout {
     pub episode_returns: Vec<f64>,
     /// The process that stepped the environments.
     pub pid: u32,
+    /// For value-based learners ([`Sampler::rollout_epsilon`]): each step's next observation
+    /// (before an autoreset) and whether it terminated (truncation still bootstraps).
+    #[serde(default)]
+    pub next_obs: Vec<Vec<f32>>,
+    #[serde(default)]
+    pub terminated: Vec<bool>,
 }
 
 pub(crate) fn softmax(logits: &[f32]) -> Vec<f32> {
@@ -91,6 +97,41 @@ impl Sampler {
     }
 }
 
+impl Sampler {
+    /// `num_steps` steps of every env with an epsilon-greedy policy on the Q-network `q`
+    /// (DQN's behaviour policy), recording next observations and terminations.
+    pub fn rollout_epsilon(&mut self, q: &Mlp, epsilon: f64, num_steps: usize) -> crate::Result<Rollout> {
+        let n = self.envs.len();
+        let mut r = Rollout { num_envs: n, num_steps, pid: std::process::id(), ..Default::default() };
+        for _ in 0..num_steps {
+            for i in 0..n {
+                let a = if self.rng.next_f64() < epsilon {
+                    let n_actions = q.sizes.last().copied().unwrap_or(1);
+                    self.rng.below(n_actions as u64) as usize
+                } else {
+                    let qs = q.forward(&self.obs[i]).0;
+                    qs.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).map(|(k, _)| k).unwrap_or(0)
+                };
+                let st = self.envs[i].step(&Action::Discrete(a as i64))?;
+                self.ep_ret[i] += st.reward;
+                let done = st.terminated || st.truncated;
+                r.next_obs.push(st.obs.clone());
+                r.obs.push(std::mem::replace(&mut self.obs[i], st.obs));
+                r.actions.push(a as u32);
+                r.rewards.push(st.reward as f32);
+                r.dones.push(done);
+                r.terminated.push(st.terminated);
+                if done {
+                    r.episode_returns.push(std::mem::take(&mut self.ep_ret[i]));
+                    self.obs[i] = self.envs[i].reset(None).0;
+                }
+            }
+        }
+        r.last_obs = self.obs.clone();
+        Ok(r)
+    }
+}
+
 /// An env-runner actor: a [`Sampler`] in its own worker process.
 pub struct EnvRunner {
     sampler: Mutex<Sampler>,
@@ -106,6 +147,12 @@ impl EnvRunner {
     fn sample(&self, policy: Mlp, num_steps: u32) -> Result<Rollout, String> {
         let mut s = self.sampler.lock().unwrap_or_else(|p| p.into_inner());
         s.rollout(&policy, num_steps as usize).map_err(|e| e.to_string())
+    }
+
+    /// An epsilon-greedy rollout with the given Q-network (DQN's runners).
+    fn sample_epsilon(&self, q: Mlp, epsilon: f64, num_steps: u32) -> Result<Rollout, String> {
+        let mut s = self.sampler.lock().unwrap_or_else(|p| p.into_inner());
+        s.rollout_epsilon(&q, epsilon, num_steps as usize).map_err(|e| e.to_string())
     }
 
     fn pid(&self) -> u32 {

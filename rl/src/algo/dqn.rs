@@ -68,6 +68,102 @@ fn argmax(v: &[f32]) -> usize {
     v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0)
 }
 
+/// One gradient step on a minibatch from the buffer: mean squared TD error against the target
+/// network (double-DQN targets when asked), gradients clipped by global norm.
+fn learn(cfg: &DqnConfig, q: &mut Mlp, target: &Mlp, opt: &mut Adam, buffer: &VecDeque<Transition>, rng: &mut Rng) {
+    let n_actions = q.sizes.last().copied().unwrap_or(1);
+    let mut grad = vec![0.0f32; q.params.len()];
+    let n = cfg.batch_size as f32;
+    for _ in 0..cfg.batch_size {
+        let t = &buffer[rng.below(buffer.len() as u64) as usize];
+        let next_t = target.forward(&t.next_obs).0;
+        let next_v = if cfg.double_dqn { next_t[argmax(&q.forward(&t.next_obs).0)] } else { next_t[argmax(&next_t)] };
+        let y = t.reward + if t.terminal { 0.0 } else { cfg.gamma * next_v };
+        let (qs, tape) = q.forward(&t.obs);
+        let mut dout = vec![0.0f32; n_actions];
+        // d/dq of mean squared TD error.
+        dout[t.action] = 2.0 * (qs[t.action] - y) / n;
+        q.backward(&tape, &dout, &mut grad);
+    }
+    clip_grad_norm(&mut [&mut grad], cfg.max_grad_norm);
+    opt.step(&mut q.params, &grad);
+}
+
+/// Trains with `num_runners` env-runner actors (one environment each, up to three restarts)
+/// stepping epsilon-greedy with the current Q-network, which reaches them through the object
+/// store every round of `train_frequency * 10` steps per runner; the learner here does one
+/// gradient step per `train_frequency` collected steps, as the single-process loop does.
+/// Needs a running Flare runtime.
+pub fn train_distributed(cfg: &DqnConfig, num_runners: usize, mut progress: impl FnMut(u64, f64)) -> Result<(Summary, Mlp)> {
+    use crate::runner::EnvRunner;
+    let runtime = |e: flare_core::Error| crate::Error::Runtime(e.to_string());
+    let t0 = Instant::now();
+    let probe = make(&cfg.env_id)?;
+    let n_actions = super::discrete_actions(&*probe, "DQN")?;
+    let obs_dim = probe.observation_space().dim();
+    let threshold = probe.reward_threshold().unwrap_or(f64::INFINITY);
+    let runners = (0..num_runners.max(1))
+        .map(|i| {
+            EnvRunner::remote(cfg.env_id.clone(), 1, cfg.seed + 1000 * (i as u64 + 1))
+                .num_cpus(1.0)
+                .max_restarts(3)
+                .max_task_retries(3)
+                .spawn()
+                .map_err(runtime)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut rng = Rng::new(cfg.seed);
+    let sizes = [obs_dim, cfg.hidden, cfg.hidden / 2 + 4, n_actions];
+    let mut q = Mlp::new(&sizes, 2f32.sqrt(), 1.0, &mut rng);
+    let mut target = q.clone();
+    let mut opt = Adam::new(q.params.len(), cfg.learning_rate, 1e-8);
+    let mut buffer: VecDeque<Transition> = VecDeque::with_capacity(cfg.buffer_size);
+    let mut recent = super::Recent::default();
+    let explore_steps = (cfg.exploration_fraction * cfg.total_env_steps as f64).max(1.0);
+    let chunk = (cfg.train_frequency * 10).max(1);
+    let mut step = 0u64;
+    let mut learned_at = cfg.learning_starts;
+    let mut synced_at = 0u64;
+    let mut reported_at = 0u64;
+    while step < cfg.total_env_steps {
+        let eps = cfg.start_e + (cfg.end_e - cfg.start_e) * (step as f64 / explore_steps).min(1.0);
+        let weights = flare_core::put(&q).map_err(runtime)?;
+        let refs: Vec<_> = runners.iter().map(|r| r.sample_epsilon(&weights, eps, chunk as u32)).collect();
+        for r in flare_core::get_all(&refs).map_err(runtime)? {
+            r.episode_returns.iter().for_each(|ret| recent.push(*ret));
+            for k in 0..r.actions.len() {
+                if buffer.len() == cfg.buffer_size {
+                    buffer.pop_front();
+                }
+                buffer.push_back(Transition {
+                    obs: r.obs[k].clone(),
+                    action: r.actions[k] as usize,
+                    reward: r.rewards[k],
+                    next_obs: r.next_obs[k].clone(),
+                    terminal: r.terminated[k],
+                });
+            }
+            step += r.actions.len() as u64;
+        }
+        while step > cfg.learning_starts && learned_at + cfg.train_frequency <= step {
+            learned_at += cfg.train_frequency;
+            learn(cfg, &mut q, &target, &mut opt, &buffer, &mut rng);
+        }
+        if step >= synced_at + cfg.target_network_frequency {
+            synced_at = step - step % cfg.target_network_frequency;
+            target = q.clone();
+        }
+        if step >= reported_at + 1000 {
+            reported_at = step - step % 1000;
+            progress(step, recent.mean());
+            if cfg.stop_when_solved && recent.solved(threshold) {
+                break;
+            }
+        }
+    }
+    Ok((recent.summary(threshold, step, t0), q))
+}
+
 /// Trains a Q-network; `progress` gets `(env_steps, mean_return_last_100)` every 1,000 steps.
 pub fn train(cfg: &DqnConfig, mut progress: impl FnMut(u64, f64)) -> Result<(Summary, Mlp)> {
     let t0 = Instant::now();
@@ -109,21 +205,7 @@ pub fn train(cfg: &DqnConfig, mut progress: impl FnMut(u64, f64)) -> Result<(Sum
             obs = env.reset(None).0;
         }
         if step > cfg.learning_starts && step % cfg.train_frequency == 0 {
-            let mut grad = vec![0.0f32; q.params.len()];
-            let n = cfg.batch_size as f32;
-            for _ in 0..cfg.batch_size {
-                let t = &buffer[rng.below(buffer.len() as u64) as usize];
-                let next_t = target.forward(&t.next_obs).0;
-                let next_v = if cfg.double_dqn { next_t[argmax(&q.forward(&t.next_obs).0)] } else { next_t[argmax(&next_t)] };
-                let y = t.reward + if t.terminal { 0.0 } else { cfg.gamma * next_v };
-                let (qs, tape) = q.forward(&t.obs);
-                let mut dout = vec![0.0f32; n_actions];
-                // d/dq of mean squared TD error.
-                dout[t.action] = 2.0 * (qs[t.action] - y) / n;
-                q.backward(&tape, &dout, &mut grad);
-            }
-            clip_grad_norm(&mut [&mut grad], cfg.max_grad_norm);
-            opt.step(&mut q.params, &grad);
+            learn(cfg, &mut q, &target, &mut opt, &buffer, &mut rng);
         }
         if step % cfg.target_network_frequency == 0 {
             target = q.clone();
