@@ -27,6 +27,8 @@ pub struct TestCluster {
     pub token: String,
     pub nodes: Vec<TestNode>,
     head_cpus: f64,
+    /// Agents killed by `kill_node`: their store directories are removed at drop.
+    killed: Vec<u32>,
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
@@ -76,6 +78,7 @@ impl TestCluster {
             token,
             nodes: Vec::new(),
             head_cpus,
+            killed: Vec::new(),
         })
     }
 
@@ -156,6 +159,7 @@ impl TestCluster {
         let n = self.nodes.remove(i);
         // Safety: plain syscall on a process this cluster started.
         unsafe { libc::kill(n.pid as libc::pid_t, libc::SIGKILL) };
+        self.killed.push(n.pid);
         Ok(())
     }
 }
@@ -181,5 +185,14 @@ impl Drop for TestCluster {
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        // A SIGKILLed agent could not remove its store directory (`flare_node_<pid>_<ms>`).
+        if let Ok(entries) = std::fs::read_dir("/dev/shm") {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if self.killed.iter().any(|pid| name.starts_with(&format!("flare_node_{pid}_"))) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
     }
 }

@@ -151,6 +151,7 @@ pub struct AgentService {
 impl AgentService {
     pub fn new(token: String, node_name: String, session_dir: PathBuf) -> Result<Self, String> {
         let base = if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+        remove_stale_stores(&base);
         let shm_root = base.join(format!("flare_node_{}_{}", std::process::id(), super::now_ms()));
         for d in [session_dir.join("exe"), session_dir.join("logs"), shm_root.clone()] {
             std::fs::create_dir_all(&d).map_err(|e| format!("creating {}: {e}", d.display()))?;
@@ -325,6 +326,24 @@ impl AgentService {
             let _ = conn.send(&FromAgent::Exited { wid, reason });
         });
         Ok(())
+    }
+}
+
+/// Removes the store directories of agents that died without cleaning up (SIGKILL): named
+/// `flare_node_<pid>_<ms>`, whose pid no longer exists.
+fn remove_stale_stores(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("flare_node_").and_then(|r| r.split('_').next()).and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // Safety: signal 0 only checks whether the process exists.
+        let alive = unsafe { libc::kill(pid, 0) == 0 } || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
 }
 
