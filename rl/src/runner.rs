@@ -132,6 +132,26 @@ impl Sampler {
     }
 }
 
+/// `n` env-runner actors with `num_envs` environments each (seeds `seed + 1000 * (i + 1)`), one
+/// CPU each, restarted up to three times with their calls retried.
+pub(crate) fn spawn_runners(
+    env_id: &str,
+    num_envs: usize,
+    seed: u64,
+    n: usize,
+) -> crate::Result<Vec<flare_core::ActorHandle<EnvRunner>>> {
+    (0..n)
+        .map(|i| {
+            EnvRunner::remote(env_id.to_string(), num_envs as u32, seed + 1000 * (i as u64 + 1))
+                .num_cpus(1.0)
+                .max_restarts(3)
+                .max_task_retries(3)
+                .spawn()
+                .map_err(|e| crate::Error::Runtime(e.to_string()))
+        })
+        .collect()
+}
+
 /// An env-runner actor: a [`Sampler`] in its own worker process.
 pub struct EnvRunner {
     sampler: Mutex<Sampler>,

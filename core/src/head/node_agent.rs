@@ -279,12 +279,7 @@ impl AgentService {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if !gpu_key.is_empty() {
-            let outer: Vec<String> = std::env::var("CUDA_VISIBLE_DEVICES")
-                .map(|v| v.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect())
-                .unwrap_or_default();
-            let ids: Vec<String> =
-                gpu_key.iter().map(|i| outer.get(*i as usize).cloned().unwrap_or_else(|| i.to_string())).collect();
-            cmd.env("CUDA_VISIBLE_DEVICES", ids.join(","));
+            cmd.env("CUDA_VISIBLE_DEVICES", crate::node::cuda_visible_devices(gpu_key));
         }
         let mut child = cmd.spawn().map_err(|e| e.to_string())?;
         let pid = child.id();

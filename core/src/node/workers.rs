@@ -281,14 +281,7 @@ fn spawn_process(node: &Arc<Node>, req: SpawnRequest) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if !req.gpu_key.is_empty() {
-        // GPU ids are the node's own ordinals: where the node itself was limited to some GPUs,
-        // id i is the i-th of its CUDA_VISIBLE_DEVICES entries (as in Ray).
-        let outer: Vec<String> = std::env::var("CUDA_VISIBLE_DEVICES")
-            .map(|v| v.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect())
-            .unwrap_or_default();
-        let ids: Vec<String> =
-            req.gpu_key.iter().map(|i| outer.get(*i as usize).cloned().unwrap_or_else(|| i.to_string())).collect();
-        cmd.env("CUDA_VISIBLE_DEVICES", ids.join(","));
+        cmd.env("CUDA_VISIBLE_DEVICES", cuda_visible_devices(&req.gpu_key));
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -331,6 +324,17 @@ fn spawn_process(node: &Arc<Node>, req: SpawnRequest) {
             node.with_state(|st, fx| st.worker_died(wid, &reason, fx));
         }
     });
+}
+
+/// A worker's `CUDA_VISIBLE_DEVICES` for the node's GPU ids `gpu_key`. The ids are the node's
+/// own ordinals: where the node itself was limited to some GPUs, id i is the i-th of its
+/// `CUDA_VISIBLE_DEVICES` entries (as in Ray).
+pub(crate) fn cuda_visible_devices(gpu_key: &[u32]) -> String {
+    let outer: Vec<String> = std::env::var("CUDA_VISIBLE_DEVICES")
+        .map(|v| v.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect())
+        .unwrap_or_default();
+    let ids: Vec<String> = gpu_key.iter().map(|i| outer.get(*i as usize).cloned().unwrap_or_else(|| i.to_string())).collect();
+    ids.join(",")
 }
 
 /// Copies a worker's output into its log file and, with a `(label pid=N)` prefix, to the driver.

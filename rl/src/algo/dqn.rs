@@ -68,6 +68,14 @@ fn argmax(v: &[f32]) -> usize {
     v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0)
 }
 
+/// The Q-network, its target copy and the optimizer.
+fn networks(cfg: &DqnConfig, obs_dim: usize, n_actions: usize, rng: &mut Rng) -> (Mlp, Mlp, Adam) {
+    let sizes = [obs_dim, cfg.hidden, cfg.hidden / 2 + 4, n_actions];
+    let q = Mlp::new(&sizes, 2f32.sqrt(), 1.0, rng);
+    let opt = Adam::new(q.params.len(), cfg.learning_rate, 1e-8);
+    (q.clone(), q, opt)
+}
+
 /// One gradient step on a minibatch from the buffer: mean squared TD error against the target
 /// network (double-DQN targets when asked), gradients clipped by global norm.
 fn learn(cfg: &DqnConfig, q: &mut Mlp, target: &Mlp, opt: &mut Adam, buffer: &VecDeque<Transition>, rng: &mut Rng) {
@@ -95,28 +103,15 @@ fn learn(cfg: &DqnConfig, q: &mut Mlp, target: &Mlp, opt: &mut Adam, buffer: &Ve
 /// gradient step per `train_frequency` collected steps, as the single-process loop does.
 /// Needs a running Flare runtime.
 pub fn train_distributed(cfg: &DqnConfig, num_runners: usize, mut progress: impl FnMut(u64, f64)) -> Result<(Summary, Mlp)> {
-    use crate::runner::EnvRunner;
     let runtime = |e: flare_core::Error| crate::Error::Runtime(e.to_string());
     let t0 = Instant::now();
     let probe = make(&cfg.env_id)?;
     let n_actions = super::discrete_actions(&*probe, "DQN")?;
     let obs_dim = probe.observation_space().dim();
     let threshold = probe.reward_threshold().unwrap_or(f64::INFINITY);
-    let runners = (0..num_runners.max(1))
-        .map(|i| {
-            EnvRunner::remote(cfg.env_id.clone(), 1, cfg.seed + 1000 * (i as u64 + 1))
-                .num_cpus(1.0)
-                .max_restarts(3)
-                .max_task_retries(3)
-                .spawn()
-                .map_err(runtime)
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let runners = crate::runner::spawn_runners(&cfg.env_id, 1, cfg.seed, num_runners.max(1))?;
     let mut rng = Rng::new(cfg.seed);
-    let sizes = [obs_dim, cfg.hidden, cfg.hidden / 2 + 4, n_actions];
-    let mut q = Mlp::new(&sizes, 2f32.sqrt(), 1.0, &mut rng);
-    let mut target = q.clone();
-    let mut opt = Adam::new(q.params.len(), cfg.learning_rate, 1e-8);
+    let (mut q, mut target, mut opt) = networks(cfg, obs_dim, n_actions, &mut rng);
     let mut buffer: VecDeque<Transition> = VecDeque::with_capacity(cfg.buffer_size);
     let mut recent = super::Recent::default();
     let explore_steps = (cfg.exploration_fraction * cfg.total_env_steps as f64).max(1.0);
@@ -172,10 +167,7 @@ pub fn train(cfg: &DqnConfig, mut progress: impl FnMut(u64, f64)) -> Result<(Sum
     let obs_dim = env.observation_space().dim();
     let threshold = env.reward_threshold().unwrap_or(f64::INFINITY);
     let mut rng = Rng::new(cfg.seed);
-    let sizes = [obs_dim, cfg.hidden, cfg.hidden / 2 + 4, n_actions];
-    let mut q = Mlp::new(&sizes, 2f32.sqrt(), 1.0, &mut rng);
-    let mut target = q.clone();
-    let mut opt = Adam::new(q.params.len(), cfg.learning_rate, 1e-8);
+    let (mut q, mut target, mut opt) = networks(cfg, obs_dim, n_actions, &mut rng);
     let mut buffer: VecDeque<Transition> = VecDeque::with_capacity(cfg.buffer_size);
     let mut recent = super::Recent::default();
     let (mut obs, _) = env.reset(Some(cfg.seed));

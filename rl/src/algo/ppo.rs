@@ -100,16 +100,7 @@ pub fn train(cfg: &PpoConfig, progress: impl FnMut(u64, f64)) -> Result<(Summary
 /// Trains with `num_runners` env-runner actors (each with `cfg.num_envs` environments and up to
 /// three restarts) sampling in their own processes; needs a running Flare runtime.
 pub fn train_distributed(cfg: &PpoConfig, num_runners: usize, progress: impl FnMut(u64, f64)) -> Result<(Summary, Mlp)> {
-    let runners = (0..num_runners)
-        .map(|i| {
-            EnvRunner::remote(cfg.env_id.clone(), cfg.num_envs as u32, cfg.seed + 1000 * (i as u64 + 1))
-                .num_cpus(1.0)
-                .max_restarts(3)
-                .max_task_retries(3)
-                .spawn()
-                .map_err(runtime)
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let runners = crate::runner::spawn_runners(&cfg.env_id, cfg.num_envs, cfg.seed, num_runners)?;
     run(cfg, Source::Runners(runners), progress)
 }
 
