@@ -80,5 +80,7 @@ fn as_ppo(cfg: &A2cConfig) -> PpoConfig {
         norm_adv: false,
         hidden: 64,
         stop_when_solved: cfg.stop_when_solved,
+        checkpoint_dir: None,
+        resume_from: None,
     }
 }

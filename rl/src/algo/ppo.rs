@@ -35,6 +35,10 @@ pub struct PpoConfig {
     pub hidden: usize,
     /// Stop early once solved.
     pub stop_when_solved: bool,
+    /// Write `model.safetensors` (actor and critic) and `metadata.json` here at the end.
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// Start from such a checkpoint's networks and step count (the optimizer starts afresh).
+    pub resume_from: Option<std::path::PathBuf>,
 }
 
 impl Default for PpoConfig {
@@ -59,6 +63,8 @@ impl Default for PpoConfig {
             norm_adv: true,
             hidden: 64,
             stop_when_solved: true,
+            checkpoint_dir: None,
+            resume_from: None,
         }
     }
 }
@@ -124,8 +130,23 @@ pub(crate) fn run(cfg: &PpoConfig, mut source: Source, mut progress: impl FnMut(
     let batch_size = cfg.num_envs * cfg.num_steps * per_source;
     let updates = (cfg.total_env_steps as usize).div_ceil(batch_size);
     let mut env_steps = 0u64;
+    if let Some(dir) = &cfg.resume_from {
+        let (a, c, step) = load_checkpoint(dir)?;
+        if a.sizes != actor.sizes || c.sizes != critic.sizes {
+            return Err(crate::Error::Learner(format!(
+                "the checkpoint in {} has networks {:?}/{:?}, this run builds {:?}/{:?}",
+                dir.display(),
+                a.sizes,
+                c.sizes,
+                actor.sizes,
+                critic.sizes
+            )));
+        }
+        (actor, critic, env_steps) = (a, c, step);
+    }
+    let first = (env_steps as usize / batch_size).min(updates);
 
-    for update in 0..updates {
+    for update in first..updates {
         if cfg.anneal_lr {
             let frac = 1.0 - update as f32 / updates as f32;
             opt_a.lr = frac * cfg.learning_rate;
@@ -228,5 +249,50 @@ pub(crate) fn run(cfg: &PpoConfig, mut source: Source, mut progress: impl FnMut(
             break;
         }
     }
+    if let Some(dir) = &cfg.checkpoint_dir {
+        save_checkpoint(dir, &actor, &critic, env_steps)?;
+    }
     Ok((recent.summary(threshold, env_steps, t0), actor))
+}
+
+/// Writes a PPO checkpoint: `model.safetensors` (`actor`, `critic`) and `metadata.json`.
+pub fn save_checkpoint(dir: &std::path::Path, actor: &Mlp, critic: &Mlp, env_steps: u64) -> Result<()> {
+    let io = |e: std::io::Error| crate::Error::Learner(format!("writing the checkpoint in {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    crate::nn::save_safetensors(&dir.join("model.safetensors"), &[("actor", actor), ("critic", critic)])?;
+    std::fs::write(dir.join("metadata.json"), serde_json::json!({"algo": "ppo", "step": env_steps}).to_string()).map_err(io)
+}
+
+/// Reads a checkpoint written by [`save_checkpoint`]: actor, critic and step count.
+pub fn load_checkpoint(dir: &std::path::Path) -> Result<(Mlp, Mlp, u64)> {
+    let text = std::fs::read_to_string(dir.join("metadata.json"))
+        .map_err(|e| crate::Error::Learner(format!("{} is not a PPO checkpoint: {e}", dir.display())))?;
+    let meta: serde_json::Value = serde_json::from_str(&text).map_err(|e| crate::Error::Learner(e.to_string()))?;
+    let model = dir.join("model.safetensors");
+    Ok((
+        crate::nn::load_safetensors(&model, "actor")?,
+        crate::nn::load_safetensors(&model, "critic")?,
+        meta["step"].as_u64().unwrap_or(0),
+    ))
+}
+
+/// Mean return of `episodes` episodes acting greedily (the most likely action), seeds
+/// `seed`, `seed + 1`, ...
+pub fn evaluate(actor: &Mlp, env_id: &str, episodes: u32, seed: u64) -> Result<f64> {
+    let mut env = make(env_id)?;
+    let mut total = 0.0;
+    for e in 0..episodes {
+        let (mut obs, _) = env.reset(Some(seed + e as u64));
+        loop {
+            let logits = actor.forward(&obs).0;
+            let a = logits.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).map(|(i, _)| i).unwrap_or(0);
+            let st = env.step(&crate::env::Action::Discrete(a as i64))?;
+            total += st.reward;
+            obs = st.obs;
+            if st.terminated || st.truncated {
+                break;
+            }
+        }
+    }
+    Ok(total / episodes.max(1) as f64)
 }
