@@ -155,6 +155,34 @@ pub fn clip_grad_norm(grads: &mut [&mut [f32]], max_norm: f32) -> f32 {
     norm
 }
 
+/// Writes networks as one safetensors file: `NAME.params` (f32) and `NAME.sizes` (u32) each.
+pub fn save_safetensors(path: &std::path::Path, nets: &[(&str, &Mlp)]) -> crate::Result<()> {
+    use candle_core::{Device, Tensor};
+    let err = |e: candle_core::Error| crate::Error::Learner(format!("writing {}: {e}", path.display()));
+    let mut map = std::collections::HashMap::new();
+    for (name, net) in nets {
+        map.insert(format!("{name}.params"), Tensor::from_slice(&net.params, net.params.len(), &Device::Cpu).map_err(err)?);
+        let sizes: Vec<u32> = net.sizes.iter().map(|s| *s as u32).collect();
+        map.insert(format!("{name}.sizes"), Tensor::from_slice(&sizes, sizes.len(), &Device::Cpu).map_err(err)?);
+    }
+    candle_core::safetensors::save(&map, path).map_err(err)
+}
+
+/// Reads network `name` from a file written by [`save_safetensors`].
+pub fn load_safetensors(path: &std::path::Path, name: &str) -> crate::Result<Mlp> {
+    let err = |e: String| crate::Error::Learner(format!("reading {} from {}: {e}", name, path.display()));
+    let map = candle_core::safetensors::load(path, &candle_core::Device::Cpu).map_err(|e| err(e.to_string()))?;
+    let get = |k: &str| map.get(&format!("{name}.{k}")).ok_or_else(|| err(format!("no tensor {name}.{k}")));
+    let params = get("params")?.to_vec1::<f32>().map_err(|e| err(e.to_string()))?;
+    let sizes: Vec<usize> =
+        get("sizes")?.to_vec1::<u32>().map_err(|e| err(e.to_string()))?.into_iter().map(|s| s as usize).collect();
+    let want: usize = sizes.windows(2).map(|w| w[0] * w[1] + w[1]).sum();
+    if want != params.len() {
+        return Err(err(format!("{} parameters do not fit layer sizes {sizes:?} ({want})", params.len())));
+    }
+    Ok(Mlp { sizes, params })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,32 +223,4 @@ mod tests {
             }
         }
     }
-}
-
-/// Writes networks as one safetensors file: `NAME.params` (f32) and `NAME.sizes` (u32) each.
-pub fn save_safetensors(path: &std::path::Path, nets: &[(&str, &Mlp)]) -> crate::Result<()> {
-    use candle_core::{Device, Tensor};
-    let err = |e: candle_core::Error| crate::Error::Learner(format!("writing {}: {e}", path.display()));
-    let mut map = std::collections::HashMap::new();
-    for (name, net) in nets {
-        map.insert(format!("{name}.params"), Tensor::from_slice(&net.params, net.params.len(), &Device::Cpu).map_err(err)?);
-        let sizes: Vec<u32> = net.sizes.iter().map(|s| *s as u32).collect();
-        map.insert(format!("{name}.sizes"), Tensor::from_slice(&sizes, sizes.len(), &Device::Cpu).map_err(err)?);
-    }
-    candle_core::safetensors::save(&map, path).map_err(err)
-}
-
-/// Reads network `name` from a file written by [`save_safetensors`].
-pub fn load_safetensors(path: &std::path::Path, name: &str) -> crate::Result<Mlp> {
-    let err = |e: String| crate::Error::Learner(format!("reading {} from {}: {e}", name, path.display()));
-    let map = candle_core::safetensors::load(path, &candle_core::Device::Cpu).map_err(|e| err(e.to_string()))?;
-    let get = |k: &str| map.get(&format!("{name}.{k}")).ok_or_else(|| err(format!("no tensor {name}.{k}")));
-    let params = get("params")?.to_vec1::<f32>().map_err(|e| err(e.to_string()))?;
-    let sizes: Vec<usize> =
-        get("sizes")?.to_vec1::<u32>().map_err(|e| err(e.to_string()))?.into_iter().map(|s| s as usize).collect();
-    let want: usize = sizes.windows(2).map(|w| w[0] * w[1] + w[1]).sum();
-    if want != params.len() {
-        return Err(err(format!("{} parameters do not fit layer sizes {sizes:?} ({want})", params.len())));
-    }
-    Ok(Mlp { sizes, params })
 }

@@ -27,7 +27,7 @@ fn ppo_checkpoints_resume_and_evaluate() {
 
     // Other network sizes: refused.
     let other = PpoConfig { hidden: 32, resume_from: Some(dir.clone()), checkpoint_dir: None, ..cfg };
-    let e = ppo::train(&other, |_, _| {}).err().expect("size mismatch");
+    let e = ppo::train(&other, |_, _| {}).expect_err("size mismatch");
     assert!(e.to_string().contains("networks"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
