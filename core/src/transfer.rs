@@ -34,9 +34,9 @@ pub(crate) fn connect(addr: &str) -> io::Result<TcpStream> {
     Err(last)
 }
 
-/// Compares tokens in constant time.
+/// Whether `given` is the cluster token (the head's constant-time comparison).
 pub(crate) fn token_ok(given: &str, want: &str) -> bool {
-    given.len() == want.len() && given.bytes().zip(want.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    crate::head::constant_time_eq(given.as_bytes(), want.as_bytes())
 }
 
 /// Serves one pull on an accepted connection whose `Hello::Pull` was read and authorized:

@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -307,16 +306,7 @@ impl AgentService {
         let conn = conn.clone();
         let children = children.clone();
         let _ = std::thread::Builder::new().name("flare-agent-reaper".into()).spawn(move || {
-            let reason = match child.wait() {
-                Ok(st) => match (st.code(), st.signal()) {
-                    (_, Some(sig)) => {
-                        format!("worker process {pid} was killed by signal {sig}{}", if sig == 9 { " (SIGKILL)" } else { "" })
-                    }
-                    (Some(code), None) => format!("worker process {pid} exited with code {code}"),
-                    _ => format!("worker process {pid} exited"),
-                },
-                Err(e) => format!("worker process {pid} could not be waited on: {e}"),
-            };
+            let reason = crate::node::exit_reason(pid, child.wait());
             children.lock().unwrap_or_else(|p| p.into_inner()).remove(&wid);
             let _ = conn.send(&FromAgent::Exited { wid, reason });
         });

@@ -15,7 +15,7 @@ mod state;
 mod workers;
 
 pub(crate) use session::Session;
-pub(crate) use workers::cuda_visible_devices;
+pub(crate) use workers::{cuda_visible_devices, exit_reason};
 
 /// Environment variables that make a process a worker of a node.
 pub(crate) mod workers_env {

@@ -310,20 +310,25 @@ fn spawn_process(node: &Arc<Node>, req: SpawnRequest) {
     let _ = std::thread::Builder::new().name("flare-reaper".into()).spawn(move || {
         let status = child.wait();
         flag.wait_done(Duration::from_secs(2));
-        let reason = match status {
-            Ok(s) => match (s.code(), s.signal()) {
-                (_, Some(sig)) => {
-                    format!("worker process {pid} was killed by signal {sig}{}", if sig == 9 { " (SIGKILL)" } else { "" })
-                }
-                (Some(code), None) => format!("worker process {pid} exited with code {code}"),
-                _ => format!("worker process {pid} exited"),
-            },
-            Err(e) => format!("worker process {pid} could not be waited on: {e}"),
-        };
+        let reason = exit_reason(pid, status);
         if let Some(node) = weak.upgrade() {
             node.with_state(|st, fx| st.worker_died(wid, &reason, fx));
         }
     });
+}
+
+/// Why a worker process ended, from what waiting on it returned.
+pub(crate) fn exit_reason(pid: u32, status: std::io::Result<std::process::ExitStatus>) -> String {
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (_, Some(sig)) => {
+                format!("worker process {pid} was killed by signal {sig}{}", if sig == 9 { " (SIGKILL)" } else { "" })
+            }
+            (Some(code), None) => format!("worker process {pid} exited with code {code}"),
+            _ => format!("worker process {pid} exited"),
+        },
+        Err(e) => format!("worker process {pid} could not be waited on: {e}"),
+    }
 }
 
 /// A worker's `CUDA_VISIBLE_DEVICES` for the node's GPU ids `gpu_key`. The ids are the node's
