@@ -42,6 +42,9 @@ pub use flare_tune as tune;
 /// Data-parallel training: Trainer, DDP gradient all-reduce, torch-exact optimizers, checkpoints.
 pub use flare_train as train;
 
+/// Model serving: deployments, replicas, the HTTP proxy, dynamic batching, autoscaling.
+pub use flare_serve as serve;
+
 /// What most programs need: `use flare::prelude::*`.
 pub mod prelude {
     pub use flare_core::{

@@ -1,0 +1,199 @@
+//! The HTTP proxy (axum on hyper; HTTP/1.1 keep-alive and HTTP/2): routes by prefix to an
+//! application's ingress deployment, bounds bodies and waiting time, and serves `/-/healthz`,
+//! `/-/routes` and `/metrics`.
+
+use crate::controller::Controller;
+use crate::metrics::{label, Metrics};
+use crate::types::{Request, Response, MODEL_ID_HEADER, PRIORITY_HEADER};
+use axum::body::Body;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use http_body_util::BodyExt;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// The proxy's settings.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub host: String,
+    /// 0 picks a free port.
+    pub port: u16,
+    /// A request without a response by then gets 504.
+    pub request_timeout: Duration,
+    /// Larger request bodies get 413.
+    pub max_body_bytes: usize,
+    /// How long shutdown waits for accepted requests to finish.
+    pub graceful_shutdown_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            host: "127.0.0.1".into(),
+            port: 8000,
+            request_timeout: Duration::from_secs(60),
+            max_body_bytes: 16 << 20,
+            graceful_shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A served application: its route prefix and ingress deployment's controller.
+pub(crate) struct Route {
+    pub prefix: String,
+    pub app: String,
+    pub controller: Arc<Controller>,
+}
+
+pub(crate) struct ProxyState {
+    pub routes: RwLock<Vec<Arc<Route>>>,
+    pub metrics: Arc<Metrics>,
+    pub opts: ServeOptions,
+    pub draining: AtomicBool,
+}
+
+impl ProxyState {
+    /// The application whose prefix is the longest one matching `path`.
+    fn route(&self, path: &str) -> Option<Arc<Route>> {
+        let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
+        routes
+            .iter()
+            .filter(|r| {
+                r.prefix == "/" || path == r.prefix || path.strip_prefix(r.prefix.as_str()).is_some_and(|s| s.starts_with('/'))
+            })
+            .max_by_key(|r| r.prefix.len())
+            .cloned()
+    }
+}
+
+fn to_http(resp: Response) -> axum::response::Response {
+    let mut out = axum::response::Response::new(Body::from(resp.body));
+    *out.status_mut() = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for (k, v) in resp.headers {
+        if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
+            out.headers_mut().append(k, v);
+        }
+    }
+    out
+}
+
+pub(crate) fn router(state: Arc<ProxyState>) -> axum::Router {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/-/healthz", get(healthz))
+        .route("/-/routes", get(routes))
+        .route("/metrics", get(metrics))
+        .fallback(handle)
+        .with_state(state)
+}
+
+async fn healthz(axum::extract::State(s): axum::extract::State<Arc<ProxyState>>) -> axum::response::Response {
+    if s.draining.load(Ordering::Relaxed) {
+        to_http(Response::text(503, "draining"))
+    } else {
+        to_http(Response::text(200, "success"))
+    }
+}
+
+async fn routes(axum::extract::State(s): axum::extract::State<Arc<ProxyState>>) -> axum::response::Response {
+    let routes = s.routes.read().unwrap_or_else(|p| p.into_inner());
+    let map: serde_json::Map<String, serde_json::Value> =
+        routes.iter().map(|r| (r.prefix.clone(), r.app.clone().into())).collect();
+    to_http(Response::json(&map))
+}
+
+async fn metrics(axum::extract::State(s): axum::extract::State<Arc<ProxyState>>) -> axum::response::Response {
+    let mut out = String::new();
+    s.metrics.render(&mut out);
+    let routes: Vec<Arc<Route>> = s.routes.read().unwrap_or_else(|p| p.into_inner()).clone();
+    out.push_str("# HELP flare_serve_queue_depth Requests waiting for a replica.\n# TYPE flare_serve_queue_depth gauge\n");
+    for r in &routes {
+        let _ = writeln!(
+            out,
+            "flare_serve_queue_depth{{deployment=\"{}\"}} {}",
+            label(&r.controller.router.name),
+            r.controller.router.queued()
+        );
+    }
+    out.push_str("# HELP flare_serve_replicas Replicas by state.\n# TYPE flare_serve_replicas gauge\n");
+    for r in &routes {
+        let st = r.controller.status();
+        for state in ["STARTING", "RUNNING", "DRAINING", "STOPPING"] {
+            let n = st
+                .replicas
+                .iter()
+                .filter(|x| serde_json::to_value(x.state).ok().and_then(|v| v.as_str().map(|s| s == state)).unwrap_or(false))
+                .count();
+            let _ = writeln!(out, "flare_serve_replicas{{deployment=\"{}\",state=\"{state}\"}} {n}", label(&st.name));
+        }
+    }
+    let mut resp = Response::text(200, out);
+    resp.headers = vec![("content-type".into(), "text/plain; version=0.0.4".into())];
+    to_http(resp)
+}
+
+async fn handle(
+    axum::extract::State(s): axum::extract::State<Arc<ProxyState>>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    let t0 = Instant::now();
+    let path = req.uri().path().to_string();
+    let Some(route) = s.route(&path) else {
+        return to_http(Response::error(404, &format!("no application serves '{path}' (see /-/routes)")));
+    };
+    let (resp, counted) = forward(&s, &route, req).await;
+    if counted {
+        s.metrics.request(&route.prefix, resp.status, t0.elapsed().as_secs_f64());
+    }
+    to_http(resp)
+}
+
+async fn forward(s: &ProxyState, route: &Route, req: axum::extract::Request) -> (Response, bool) {
+    if s.draining.load(Ordering::Relaxed) {
+        return (Response::error(503, "the server is shutting down").with_header("retry-after", "1"), true);
+    }
+    let max = s.opts.max_body_bytes;
+    let too_large = || Response::error(413, &format!("the request body is larger than the limit of {max} bytes"));
+    if let Some(len) = req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+        if len > max as u64 {
+            return (too_large(), true);
+        }
+    }
+    let (parts, body) = req.into_parts();
+    let body = match http_body_util::Limited::new(body, max).collect().await {
+        Ok(b) => b.to_bytes().to_vec(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return (too_large(), true),
+        Err(e) => return (Response::error(400, &format!("reading the request body failed: {e}")), true),
+    };
+    let path = parts.uri.path();
+    let sub = if route.prefix == "/" { path } else { &path[route.prefix.len()..] };
+    let headers: Vec<(String, String)> =
+        parts.headers.iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_string(), v.to_string()))).collect();
+    let model_id = parts.headers.get(MODEL_ID_HEADER).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()).map(str::to_string);
+    let priority = match parts.headers.get(PRIORITY_HEADER).map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok())) {
+        None => 0,
+        Some(Some(p)) => p,
+        Some(None) => return (Response::error(400, &format!("the {PRIORITY_HEADER} header must be an integer")), true),
+    };
+    let request = Request {
+        method: parts.method.as_str().to_string(),
+        path: if sub.is_empty() { "/".into() } else { sub.to_string() },
+        query: parts.uri.query().unwrap_or("").to_string(),
+        headers,
+        body,
+        model_id,
+    };
+    let rx = route.controller.router.submit(request, priority);
+    match tokio::time::timeout(s.opts.request_timeout, rx).await {
+        Ok(Ok(resp)) => (resp, true),
+        Ok(Err(_)) => (Response::error(500, "the request was dropped without an answer"), true),
+        Err(_) => (
+            Response::error(
+                504,
+                &format!("no response within the request timeout of {:.1} s", s.opts.request_timeout.as_secs_f64()),
+            ),
+            true,
+        ),
+    }
+}

@@ -1,0 +1,398 @@
+//! Serve end to end: replicas in worker processes behind the HTTP proxy, driven over real
+//! sockets: batching, priorities, autoscaling, overload, replica death, health checks,
+//! multiplexing, bad input and graceful shutdown.
+
+use flare_serve::client::{HttpClient, HttpResponse};
+use flare_serve::{
+    deployment, Application, AutoscalingConfig, BatchConfig, Deployment, DeploymentSpec, ReplicaContext, ReplicaState, Request,
+    Response, Serve, ServeOptions, MODEL_ID_HEADER, PRIORITY_HEADER,
+};
+use serde::{Deserialize, Serialize};
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Default, Serialize, Deserialize)]
+struct EchoConfig {
+    sleep_ms: u64,
+    health_marker: Option<String>,
+}
+
+/// Answers every request with what it saw: its process, the batch size, the path, the model.
+struct Echo {
+    c: EchoConfig,
+    log: Mutex<Vec<String>>,
+}
+
+impl Deployment for Echo {
+    type Config = EchoConfig;
+
+    fn new(c: EchoConfig, _: &ReplicaContext) -> Result<Self, String> {
+        Ok(Echo { c, log: Mutex::new(Vec::new()) })
+    }
+
+    fn handle_batch(&self, batch: Vec<Request>) -> Result<Vec<Response>, String> {
+        if batch.iter().any(|r| r.body == b"fail") {
+            return Err("asked to fail".into());
+        }
+        if batch.iter().any(|r| r.body == b"panic") {
+            panic!("asked to panic");
+        }
+        std::thread::sleep(Duration::from_millis(self.c.sleep_ms));
+        let n = batch.len();
+        let log = self.log.lock().unwrap().clone();
+        Ok(batch
+            .into_iter()
+            .map(|r| {
+                if r.path == "/json" {
+                    if let Err(resp) = r.json::<serde_json::Value>() {
+                        return resp;
+                    }
+                }
+                Response::json(&serde_json::json!({
+                    "pid": std::process::id(), "batch_size": n, "path": r.path, "model": r.model_id,
+                    "body": String::from_utf8_lossy(&r.body), "log": log,
+                }))
+            })
+            .collect())
+    }
+
+    fn check_health(&self) -> Result<(), String> {
+        match &self.c.health_marker {
+            Some(m) if std::path::Path::new(m).exists() => Err("the marker file says unhealthy".into()),
+            _ => Ok(()),
+        }
+    }
+
+    fn load_model(&self, id: &str) -> Result<(), String> {
+        if id == "broken" {
+            return Err("no such model".into());
+        }
+        self.log.lock().unwrap().push(format!("load:{id}"));
+        Ok(())
+    }
+
+    fn unload_model(&self, id: &str) {
+        self.log.lock().unwrap().push(format!("unload:{id}"));
+    }
+}
+
+fn init() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        flare_core::init_with(flare_core::Config::new().num_cpus(64.0).log_to_driver(false)).expect("flare init");
+    });
+}
+
+fn echo(name: &str, c: EchoConfig) -> DeploymentSpec {
+    deployment::<Echo>(name, c).num_cpus(0.5)
+}
+
+fn start(prefix: &str, d: DeploymentSpec, opts: ServeOptions) -> Serve {
+    init();
+    let s = flare_serve::run([Application::new(prefix, d)], ServeOptions { port: 0, ..opts }).unwrap();
+    s.wait_ready(Duration::from_secs(60)).unwrap();
+    s
+}
+
+fn post(s: &Serve, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+    HttpClient::new(s.addr().to_string()).request("POST", path, headers, body).unwrap()
+}
+
+/// `n` clients at once, each sending one request; their responses in client order.
+fn burst(s: &Serve, n: usize, path: &str, body: &'static [u8]) -> Vec<HttpResponse> {
+    let addr = s.addr().to_string();
+    let path = path.to_string();
+    let hs: Vec<_> = (0..n)
+        .map(|_| {
+            let (addr, path) = (addr.clone(), path.clone());
+            std::thread::spawn(move || HttpClient::new(addr).request("POST", &path, &[], body).unwrap())
+        })
+        .collect();
+    hs.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+fn json(r: &HttpResponse) -> serde_json::Value {
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json().unwrap()
+}
+
+fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+fn running(s: &Serve) -> Vec<u32> {
+    s.status().applications[0].deployments[0]
+        .replicas
+        .iter()
+        .filter(|r| r.state == ReplicaState::Running)
+        .filter_map(|r| r.pid)
+        .collect()
+}
+
+#[test]
+fn requests_are_batched_up_to_the_max_and_a_lone_one_waits_the_timeout() {
+    let d = echo("batched", EchoConfig::default()).max_batch_size(8, Duration::from_millis(300)).max_ongoing_requests(8);
+    let s = start("/", d, ServeOptions::default());
+    let sizes: Vec<u64> = burst(&s, 8, "/", b"x").iter().map(|r| json(r)["batch_size"].as_u64().unwrap()).collect();
+    assert!(sizes.iter().all(|&b| b <= 8), "{sizes:?}");
+    assert!(*sizes.iter().max().unwrap() >= 6, "8 requests at once were not batched together: {sizes:?}");
+    let t0 = Instant::now();
+    let alone = json(&post(&s, "/", &[], b"x"));
+    let waited = t0.elapsed();
+    assert_eq!(alone["batch_size"], 1);
+    assert!(waited >= Duration::from_millis(290) && waited < Duration::from_secs(3), "a lone request took {waited:?}");
+    // 16 at once: two full batches of 8, never more.
+    let sizes: Vec<u64> = burst(&s, 16, "/", b"x").iter().map(|r| json(r)["batch_size"].as_u64().unwrap()).collect();
+    assert!(sizes.iter().all(|&b| b <= 8), "{sizes:?}");
+    let mut m = HttpClient::new(s.addr().to_string());
+    let metrics = m.get("/metrics").unwrap().text();
+    assert!(metrics.contains("flare_serve_batch_size_bucket{deployment=\"batched\",le=\"8\"}"), "{metrics}");
+}
+
+#[test]
+fn a_preferred_batch_size_goes_without_waiting_and_the_batch_is_not_capped_by_max_ongoing() {
+    let b = BatchConfig {
+        max_batch_size: 16,
+        batch_wait_timeout: Duration::from_secs(5),
+        preferred_batch_sizes: vec![4],
+        ..Default::default()
+    };
+    // max_ongoing_requests 2 would cap Ray Serve's batches at 2; here a full batch always runs.
+    let s = start("/", echo("preferred", EchoConfig::default()).batching(b).max_ongoing_requests(2), ServeOptions::default());
+    let t0 = Instant::now();
+    let sizes: Vec<u64> = burst(&s, 4, "/", b"x").iter().map(|r| json(r)["batch_size"].as_u64().unwrap()).collect();
+    assert!(t0.elapsed() < Duration::from_millis(2500), "a preferred size waited {:?}", t0.elapsed());
+    assert_eq!(sizes, vec![4, 4, 4, 4]);
+}
+
+#[test]
+fn higher_priority_requests_run_first() {
+    let d = echo("prio", EchoConfig { sleep_ms: 150, ..Default::default() }).max_ongoing_requests(1);
+    let s = start("/", d, ServeOptions::default());
+    let addr = s.addr().to_string();
+    let send = |prio: &'static str, delay: u64| {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(delay));
+            HttpClient::new(addr).request("POST", "/", &[(PRIORITY_HEADER, prio)], b"x").unwrap();
+            Instant::now()
+        })
+    };
+    // One runs; three low ones queue; then a high one arrives and must overtake them.
+    let first = send("0", 0);
+    let lows: Vec<_> = (0..3).map(|_| send("0", 40)).collect();
+    let high = send("10", 90);
+    let high_done = high.join().unwrap();
+    first.join().unwrap();
+    let lows_done: Vec<Instant> = lows.into_iter().map(|h| h.join().unwrap()).collect();
+    let overtaken = lows_done.iter().filter(|&&t| t > high_done).count();
+    assert!(overtaken >= 2, "the high-priority request finished after {} of 3 queued low ones", 3 - overtaken);
+}
+
+#[test]
+fn autoscaling_goes_up_under_load_and_back_down_after() {
+    let a = AutoscalingConfig {
+        min_replicas: 1,
+        max_replicas: 3,
+        target_ongoing_requests: 1.0,
+        upscale_delay: Duration::from_millis(300),
+        downscale_delay: Duration::from_secs(1),
+        look_back: Duration::from_millis(500),
+    };
+    let d = echo("scaled", EchoConfig { sleep_ms: 50, ..Default::default() }).autoscaling(a).max_ongoing_requests(1);
+    let s = start("/", d, ServeOptions::default());
+    assert_eq!(running(&s).len(), 1);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addr = s.addr().to_string();
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let (addr, stop) = (addr.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut c = HttpClient::new(addr);
+                let (mut ok, mut pids) = (0, std::collections::BTreeSet::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = c.request("POST", "/", &[], b"x").unwrap();
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    pids.insert(r.json().unwrap()["pid"].as_u64().unwrap());
+                    ok += 1;
+                }
+                (ok, pids)
+            })
+        })
+        .collect();
+    let up = eventually(Duration::from_secs(30), || running(&s).len() == 3);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut pids = std::collections::BTreeSet::new();
+    for c in clients {
+        let (ok, p) = c.join().unwrap();
+        assert!(ok > 0);
+        pids.extend(p);
+    }
+    assert!(up, "never reached 3 replicas: {:?}", s.status());
+    assert!(pids.len() >= 2, "the load went to {} replica process(es)", pids.len());
+    assert!(eventually(Duration::from_secs(30), || running(&s).len() == 1), "did not scale back down: {:?}", s.status());
+    assert!(s.status().applications[0].deployments[0].replicas_started >= 3);
+}
+
+#[test]
+fn overload_gets_503_with_retry_after_and_the_queue_stays_bounded() {
+    let d = echo("small", EchoConfig { sleep_ms: 100, ..Default::default() }).max_ongoing_requests(1).max_queued_requests(5);
+    let s = start("/", d, ServeOptions::default());
+    let rs = burst(&s, 40, "/", b"x");
+    let ok = rs.iter().filter(|r| r.status == 200).count();
+    let rejected: Vec<&HttpResponse> = rs.iter().filter(|r| r.status == 503).collect();
+    assert_eq!(ok + rejected.len(), 40, "{:?}", rs.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert!((5..=12).contains(&ok), "{ok} served with one running and five queued");
+    assert!(rejected.iter().all(|r| r.header("retry-after") == Some("1") && r.text().contains("max_queued_requests")));
+    assert!(s.status().applications[0].deployments[0].queued <= 5);
+}
+
+#[test]
+fn a_killed_replica_is_replaced_and_its_requests_are_retried_or_fail_cleanly() {
+    let d = echo("killme", EchoConfig { sleep_ms: 20, ..Default::default() }).num_replicas(2).max_ongoing_requests(2);
+    let s = start("/", d, ServeOptions::default());
+    let before = running(&s);
+    assert_eq!(before.len(), 2);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addr = s.addr().to_string();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, stop) = (addr.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut c = HttpClient::new(addr);
+                let mut codes = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    codes.push(c.request("POST", "/", &[], b"x").unwrap().status);
+                }
+                codes
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // Safety: a worker process of this test's own cluster.
+    unsafe { libc::kill(before[0] as i32, libc::SIGKILL) };
+    let replaced = eventually(Duration::from_secs(30), || {
+        let now = running(&s);
+        now.len() == 2 && !now.contains(&before[0])
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let codes: Vec<u16> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    assert!(replaced, "the killed replica was not replaced: {:?}", s.status());
+    assert!(codes.iter().all(|&c| c == 200 || c == 503), "unexpected statuses: {codes:?}");
+    let ok = codes.iter().filter(|&&c| c == 200).count();
+    assert!(ok * 10 >= codes.len() * 9, "{ok} of {} requests served", codes.len());
+    assert!(s.status().applications[0].deployments[0].replicas_started >= 3);
+    for r in burst(&s, 8, "/", b"x") {
+        assert_eq!(r.status, 200);
+    }
+}
+
+#[test]
+fn a_replica_failing_its_health_check_is_replaced() {
+    let marker = std::env::temp_dir().join(format!("flare-serve-unhealthy-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let c = EchoConfig { health_marker: Some(marker.to_string_lossy().into()), ..Default::default() };
+    let d = echo("health", c).health_check(Duration::from_millis(200), Duration::from_secs(5));
+    let s = start("/", d, ServeOptions::default());
+    let old = running(&s);
+    std::fs::write(&marker, b"1").unwrap();
+    assert!(eventually(Duration::from_secs(20), || !running(&s).contains(&old[0])), "{:?}", s.status());
+    std::fs::remove_file(&marker).unwrap();
+    assert!(eventually(Duration::from_secs(30), || running(&s).len() == 1), "{:?}", s.status());
+    assert!(s.status().applications[0].deployments[0].message.contains("health check"), "{:?}", s.status());
+    assert_eq!(json(&post(&s, "/", &[], b"x"))["batch_size"], 1);
+}
+
+#[test]
+fn multiplexed_models_route_to_a_replica_that_has_them_and_are_evicted_lru() {
+    let s = start("/", echo("multi", EchoConfig::default()).num_replicas(2).max_models_per_replica(2), ServeOptions::default());
+    let mut c = HttpClient::new(s.addr().to_string());
+    let mut pids = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let r = json(&c.request("POST", "/", &[(MODEL_ID_HEADER, "m1")], b"x").unwrap());
+        assert_eq!(r["model"], "m1");
+        pids.insert(r["pid"].as_u64().unwrap());
+    }
+    assert_eq!(pids.len(), 1, "requests for one model went to {} replicas", pids.len());
+    let broken = c.request("POST", "/", &[(MODEL_ID_HEADER, "broken")], b"x").unwrap();
+    assert_eq!(broken.status, 500);
+    assert!(broken.text().contains("loading model 'broken' failed: no such model"), "{}", broken.text());
+
+    // LRU on one replica: a, b, a, c evicts b.
+    let s = start("/", echo("lru", EchoConfig::default()).max_models_per_replica(2), ServeOptions::default());
+    let mut c = HttpClient::new(s.addr().to_string());
+    for m in ["a", "b", "a", "c", "c"] {
+        json(&c.request("POST", "/", &[(MODEL_ID_HEADER, m)], b"x").unwrap());
+    }
+    let r = json(&c.request("POST", "/", &[(MODEL_ID_HEADER, "a")], b"x").unwrap());
+    let log: Vec<&str> = r["log"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(log, ["load:a", "load:b", "unload:b", "load:c"]);
+    let models = || s.status().applications[0].deployments[0].replicas[0].models.clone();
+    assert!(eventually(Duration::from_secs(5), || models() == ["c", "a"]), "loaded models {:?}", models());
+}
+
+#[test]
+fn bad_input_gets_4xx_and_handler_errors_fail_their_batch_with_the_message() {
+    let opts = ServeOptions { max_body_bytes: 1 << 20, ..Default::default() };
+    let s = start("/api", echo("strict", EchoConfig::default()).max_batch_size(4, Duration::from_millis(50)), opts);
+    let bad = post(&s, "/api/json", &[], b"{not json");
+    assert_eq!(bad.status, 400);
+    assert!(bad.text().contains("not valid JSON"), "{}", bad.text());
+    let big = vec![b'x'; 2 << 20];
+    let r = post(&s, "/api/json", &[], &big);
+    assert_eq!(r.status, 413);
+    assert!(r.text().contains("larger than the limit of 1048576 bytes"), "{}", r.text());
+    let r = post(&s, "/elsewhere", &[], b"x");
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("no application serves '/elsewhere'"));
+    let r = post(&s, "/api", &[(PRIORITY_HEADER, "high")], b"x");
+    assert_eq!(r.status, 400);
+    assert_eq!(json(&post(&s, "/api/x/y", &[], b"ok"))["path"], "/x/y");
+    // An error fails every request of its batch, with the message; a panic too.
+    let rs = burst(&s, 4, "/api", b"fail");
+    assert!(
+        rs.iter().all(|r| r.status == 500 && r.text().contains("asked to fail")),
+        "{:?}",
+        rs.iter().map(|r| r.text()).collect::<Vec<_>>()
+    );
+    let r = post(&s, "/api", &[], b"panic");
+    assert_eq!(r.status, 500);
+    assert!(r.text().contains("the handler panicked: asked to panic"), "{}", r.text());
+    // The replica keeps serving.
+    assert_eq!(json(&post(&s, "/api", &[], b"ok"))["body"], "ok");
+    let mut c = HttpClient::new(s.addr().to_string());
+    assert_eq!(c.get("/-/healthz").unwrap().text(), "success");
+    assert_eq!(c.get("/-/routes").unwrap().json().unwrap(), serde_json::json!({"/api": "strict"}));
+    let m = c.get("/metrics").unwrap().text();
+    assert!(m.contains("flare_serve_requests_total{route=\"/api\",status=\"413\"} 1"), "{m}");
+    assert!(m.contains("flare_serve_replicas{deployment=\"strict\",state=\"RUNNING\"} 1"), "{m}");
+    assert!(m.contains("flare_serve_queue_depth{deployment=\"strict\"} 0"), "{m}");
+}
+
+#[test]
+fn graceful_shutdown_answers_every_accepted_request() {
+    let d = echo("drain", EchoConfig { sleep_ms: 200, ..Default::default() }).max_ongoing_requests(1);
+    let s = start("/", d, ServeOptions::default());
+    let addr = s.addr().to_string();
+    let hs: Vec<_> = (0..5)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || HttpClient::new(addr).request("POST", "/", &[], b"x").map(|r| r.status))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(150));
+    let t0 = Instant::now();
+    s.shutdown();
+    let codes: Vec<u16> = hs.into_iter().map(|h| h.join().unwrap().unwrap()).collect();
+    assert_eq!(codes, vec![200; 5], "shutdown took {:?}", t0.elapsed());
+    assert!(HttpClient::new(addr).get("/-/healthz").is_err(), "the proxy still accepts connections");
+}
