@@ -6,6 +6,7 @@ mod bench_train;
 mod bench_tune;
 mod cluster;
 mod microbenchmark;
+mod serve;
 
 use clap::{Parser, Subcommand};
 use std::time::Duration;
@@ -15,6 +16,21 @@ use std::time::Duration;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Subcommand)]
+enum ServeCommand {
+    /// Serves a config in the foreground (Ctrl-C or `flare serve shutdown` stops it).
+    Run { config: std::path::PathBuf },
+    /// Applies a config to the running Serve instance, starting one in the background if none runs.
+    Deploy { config: std::path::PathBuf },
+    /// Applications, deployments and replicas.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stops Serve after it answers the requests it accepted.
+    Shutdown,
 }
 
 #[derive(Subcommand)]
@@ -90,6 +106,16 @@ enum Command {
         address: Option<String>,
         #[arg(long, global = true)]
         temp_dir: Option<std::path::PathBuf>,
+    },
+    /// Model serving from Ray-style config files (`flare serve deploy config.yaml`).
+    Serve {
+        #[command(subcommand)]
+        command: ServeCommand,
+        #[arg(long, global = true)]
+        temp_dir: Option<std::path::PathBuf>,
+        /// The session directory itself (default: <temp-dir or ~/.flare>/session_latest).
+        #[arg(long, global = true, hide = true)]
+        session_dir: Option<std::path::PathBuf>,
     },
     /// The head process (started by `flare start --head`).
     #[command(name = "__head", hide = true)]
@@ -405,6 +431,15 @@ fn main() -> anyhow::Result<()> {
             cluster::node(cluster::NodeArgs { head, node_id, address, session_dir, resources, labels })?;
         }
         Command::Stop { temp_dir } => cluster::stop(temp_dir.as_deref())?,
+        Command::Serve { command, temp_dir, session_dir } => {
+            let session = session_dir.unwrap_or_else(|| cluster::session_dir(temp_dir.as_deref()));
+            match command {
+                ServeCommand::Run { config } => serve::run(&config, &session)?,
+                ServeCommand::Deploy { config } => serve::deploy(&config, &session)?,
+                ServeCommand::Status { json } => serve::status(&session, json)?,
+                ServeCommand::Shutdown => serve::shutdown(&session)?,
+            }
+        }
         Command::Token { temp_dir } => cluster::token(temp_dir.as_deref())?,
         Command::Status { address, temp_dir, json } => {
             cluster::status(&cluster::client(address.as_deref(), temp_dir.as_deref())?, json)?

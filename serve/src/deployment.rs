@@ -47,17 +47,17 @@ pub trait Deployment: Send + Sync + Sized + 'static {
 /// Ray Serve's autoscaling: the replica count follows the ongoing requests (queued and
 /// running) averaged over `look_back`, divided by `target_ongoing_requests`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct AutoscalingConfig {
     pub min_replicas: usize,
     pub max_replicas: usize,
     pub target_ongoing_requests: f64,
     /// How long the wanted count must stay above the current one before scaling up.
-    #[serde(with = "secs")]
+    #[serde(with = "secs", alias = "upscale_delay_s")]
     pub upscale_delay: Duration,
-    #[serde(with = "secs")]
+    #[serde(with = "secs", alias = "downscale_delay_s")]
     pub downscale_delay: Duration,
-    #[serde(with = "secs")]
+    #[serde(with = "secs", alias = "look_back_period_s")]
     pub look_back: Duration,
 }
 
@@ -76,19 +76,19 @@ impl Default for AutoscalingConfig {
 
 /// Dynamic batching in the replica's queue.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct BatchConfig {
     /// The most requests in one call of `handle_batch` (1: no batching).
     pub max_batch_size: usize,
     /// How long a batch waits for more requests after its first one arrived.
-    #[serde(with = "secs")]
+    #[serde(with = "secs", alias = "batch_wait_timeout_s")]
     pub batch_wait_timeout: Duration,
     /// Batch sizes to cut at without waiting (Triton's preferred sizes); the largest one the
     /// queue can fill is sent at once.
     pub preferred_batch_sizes: Vec<usize>,
     /// A request that waits longer than this in the queue is answered 503 (or kept, with
     /// `keep_timed_out`).
-    #[serde(with = "opt_secs")]
+    #[serde(with = "opt_secs", alias = "queue_timeout_s")]
     pub queue_timeout: Option<Duration>,
     pub keep_timed_out: bool,
 }
@@ -105,11 +105,13 @@ impl Default for BatchConfig {
     }
 }
 
-/// A deployment's options (Ray Serve's names and meanings where they exist).
+/// A deployment's options (Ray Serve's names and meanings where they exist; configs may use
+/// Ray's `_s`-suffixed names and `autoscaling_config`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct DeploymentOptions {
     pub num_replicas: usize,
+    #[serde(alias = "autoscaling_config")]
     pub autoscaling: Option<AutoscalingConfig>,
     pub num_cpus: f64,
     pub num_gpus: f64,
@@ -122,15 +124,15 @@ pub struct DeploymentOptions {
     pub max_queued_requests: usize,
     pub batching: BatchConfig,
     pub max_models_per_replica: usize,
-    #[serde(with = "secs")]
+    #[serde(with = "secs", alias = "health_check_period_s")]
     pub health_check_period: Duration,
-    #[serde(with = "secs")]
+    #[serde(with = "secs", alias = "health_check_timeout_s")]
     pub health_check_timeout: Duration,
     /// How long a stopping replica may take to finish the requests it accepted.
-    #[serde(with = "secs")]
+    #[serde(with = "secs", alias = "graceful_shutdown_timeout_s")]
     pub graceful_shutdown_timeout: Duration,
     /// How long a replica may take to start (build its model).
-    #[serde(with = "secs")]
+    #[serde(with = "secs", alias = "startup_timeout_s")]
     pub startup_timeout: Duration,
 }
 
@@ -340,7 +342,7 @@ impl Application {
                 self.name, self.route_prefix
             ));
         }
-        if self.route_prefix.starts_with("/-/") || self.route_prefix == "/metrics" {
+        if self.route_prefix.starts_with("/-/") || self.route_prefix == "/metrics" || self.route_prefix.starts_with("/api/serve") {
             return Err(format!(
                 "application '{}': the route prefix '{}' is reserved by the proxy",
                 self.name, self.route_prefix

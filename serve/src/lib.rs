@@ -25,7 +25,9 @@
 //! batches (`max_batch_size`, `batch_wait_timeout`, preferred sizes, priorities, queue timeout)
 //! and runs each batch as one call in the replica's process.
 
+pub mod builtin;
 pub mod client;
+pub mod config;
 pub mod controller;
 pub mod deployment;
 pub mod embeddings;
@@ -96,6 +98,9 @@ pub struct Serve {
     addr: SocketAddr,
     server_stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
+    admin_rx: Mutex<std::sync::mpsc::Receiver<proxy::AdminCommand>>,
+    /// The applications of the last applied config, as written.
+    applied: Mutex<Vec<config::AppConfig>>,
 }
 
 /// Starts the proxy and deploys `apps`. Needs a running Flare runtime (`flare::init()`): the
@@ -117,11 +122,14 @@ pub fn run(apps: impl IntoIterator<Item = Application>, opts: ServeOptions) -> R
         .block_on(tokio::net::TcpListener::bind(&addr_text))
         .map_err(|e| Error(format!("the proxy cannot listen on {addr_text}: {e} (is the port in use? --port picks another)")))?;
     let addr = listener.local_addr().map_err(|e| Error(e.to_string()))?;
+    let (admin_tx, admin_rx) = std::sync::mpsc::channel();
     let state = Arc::new(ProxyState {
         routes: Default::default(),
         metrics: Default::default(),
         opts: opts.clone(),
         draining: Default::default(),
+        admin: opts.admin_token.as_ref().map(|_| Mutex::new(admin_tx)),
+        url: format!("http://{addr}"),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let app = proxy::router(state.clone());
@@ -134,7 +142,16 @@ pub fn run(apps: impl IntoIterator<Item = Application>, opts: ServeOptions) -> R
         }
     });
     let serve =
-        Serve { rt: Some(rt), state, apps: Mutex::new(Vec::new()), addr, server_stop: Some(stop_tx), server: Some(server) };
+        Serve {
+            rt: Some(rt),
+            state,
+            apps: Mutex::new(Vec::new()),
+            addr,
+            server_stop: Some(stop_tx),
+            server: Some(server),
+            admin_rx: Mutex::new(admin_rx),
+            applied: Mutex::new(Vec::new()),
+        };
     for app in apps {
         serve.deploy(app)?;
     }
@@ -236,6 +253,61 @@ impl Serve {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Applies a declarative config: applications it names are deployed (unchanged ones are left
+    /// running), the others deleted. Nothing changes when any entry is invalid.
+    pub fn apply_config(&self, cfg: &config::ServeConfig, registry: &config::Registry) -> Result<()> {
+        if let Some(p) = cfg.http_options.port.filter(|&p| p != 0 && p != self.addr.port()) {
+            return Err(Error(format!("http_options.port {p} differs from the running proxy's port {}: shut down Serve to change it", self.addr.port())));
+        }
+        let apps: Vec<Application> = cfg.applications.iter().map(|a| registry.application(a)).collect::<Result<_, _>>().map_err(Error)?;
+        let old: Vec<config::AppConfig> = self.applied.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (a, app) in cfg.applications.iter().zip(apps) {
+            if old.iter().any(|o| o == a) && self.status().applications.iter().any(|s| s.name == a.name) {
+                continue;
+            }
+            self.deploy(app)?;
+        }
+        let keep: Vec<&str> = cfg.applications.iter().map(|a| a.name.as_str()).collect();
+        let names: Vec<String> = self.status().applications.into_iter().map(|a| a.name).collect();
+        for n in names.iter().filter(|n| !keep.contains(&n.as_str())) {
+            self.delete(n)?;
+        }
+        *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = cfg.applications.clone();
+        Ok(())
+    }
+
+    /// Serves the REST config API's requests (PUT applies a config, DELETE shuts down) until
+    /// DELETE, SIGINT or SIGTERM; then shuts down gracefully.
+    pub fn serve_until_deleted(self, registry: &config::Registry) {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let stop = stop.clone();
+            self.rt().spawn(async move {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+                }
+                stop.store(true, Ordering::Relaxed);
+            });
+        }
+        while !stop.load(Ordering::Relaxed) {
+            let cmd = self.admin_rx.lock().unwrap_or_else(|p| p.into_inner()).recv_timeout(Duration::from_millis(100));
+            match cmd {
+                Ok(proxy::AdminCommand::Put(cfg, reply)) => {
+                    let _ = reply.send(self.apply_config(&cfg, registry).map_err(|e| e.0));
+                }
+                Ok(proxy::AdminCommand::Delete(reply)) => {
+                    let _ = reply.send(());
+                    break;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        self.shutdown();
     }
 
     /// Blocks until SIGINT or SIGTERM, then shuts down gracefully.

@@ -25,6 +25,9 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     /// How long shutdown waits for accepted requests to finish.
     pub graceful_shutdown_timeout: Duration,
+    /// Serves the REST config API (`GET/PUT/DELETE /api/serve/applications/`) to callers
+    /// presenting this bearer token; off when `None`.
+    pub admin_token: Option<String>,
 }
 
 impl Default for ServeOptions {
@@ -35,6 +38,7 @@ impl Default for ServeOptions {
             request_timeout: Duration::from_secs(60),
             max_body_bytes: 16 << 20,
             graceful_shutdown_timeout: Duration::from_secs(30),
+            admin_token: None,
         }
     }
 }
@@ -46,11 +50,20 @@ pub(crate) struct Route {
     pub controller: Arc<Controller>,
 }
 
+/// What the REST config API asks of the thread that owns the [`crate::Serve`].
+pub(crate) enum AdminCommand {
+    Put(crate::config::ServeConfig, tokio::sync::oneshot::Sender<Result<(), String>>),
+    Delete(tokio::sync::oneshot::Sender<()>),
+}
+
 pub(crate) struct ProxyState {
     pub routes: RwLock<Vec<Arc<Route>>>,
     pub metrics: Arc<Metrics>,
     pub opts: ServeOptions,
     pub draining: AtomicBool,
+    pub admin: Option<std::sync::Mutex<std::sync::mpsc::Sender<AdminCommand>>>,
+    /// `http://host:port` of the proxy.
+    pub url: String,
 }
 
 impl ProxyState {
@@ -84,6 +97,8 @@ pub(crate) fn router(state: Arc<ProxyState>) -> axum::Router {
         .route("/-/healthz", get(healthz))
         .route("/-/routes", get(routes))
         .route("/metrics", get(metrics))
+        .route("/api/serve/applications", get(admin_get).put(admin_put).delete(admin_delete))
+        .route("/api/serve/applications/", get(admin_get).put(admin_put).delete(admin_delete))
         .fallback(handle)
         .with_state(state)
 }
@@ -196,4 +211,97 @@ async fn forward(s: &ProxyState, route: &Route, req: axum::extract::Request) -> 
             true,
         ),
     }
+}
+
+type S = axum::extract::State<Arc<ProxyState>>;
+
+/// The REST config API's caller check: 404 when it is off, 401 without the token, 403 with a
+/// wrong one.
+#[allow(clippy::result_large_err)]
+fn admin_auth(s: &ProxyState, headers: &axum::http::HeaderMap) -> Result<(), Response> {
+    let Some(token) = &s.opts.admin_token else {
+        return Err(Response::error(404, "the REST config API is off (it is served by `flare serve run` and `flare serve deploy`)"));
+    };
+    match headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")) {
+        None => Err(Response::error(401, "the REST config API needs `Authorization: Bearer TOKEN` (the token is in the session's serve.json)")),
+        Some(t) if flare_core::head::constant_time_eq(t.trim().as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err(Response::error(403, "the token does not match this Serve instance's")),
+    }
+}
+
+/// Ray's `ServeInstanceDetails` shape, from the routes' controllers.
+pub(crate) fn details(s: &ProxyState, url: &str) -> serde_json::Value {
+    let routes: Vec<Arc<Route>> = s.routes.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut apps = serde_json::Map::new();
+    for r in routes {
+        let d = r.controller.status();
+        let status = match d.status.as_str() {
+            "HEALTHY" => "RUNNING",
+            "UNHEALTHY" => "DEPLOY_FAILED",
+            _ => "DEPLOYING",
+        };
+        let mut states = serde_json::Map::new();
+        for x in &d.replicas {
+            let k = serde_json::to_value(x.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            let n = states.get(&k).and_then(|v| v.as_u64()).unwrap_or(0) + 1;
+            states.insert(k, n.into());
+        }
+        apps.insert(
+            r.app.clone(),
+            serde_json::json!({
+                "name": r.app, "route_prefix": r.prefix, "status": status, "message": d.message,
+                "deployments": {d.name.clone(): {
+                    "name": d.name, "status": d.status, "message": d.message, "target_num_replicas": d.target_replicas,
+                    "replica_states": states, "queued_requests": d.queued, "replicas": d.replicas,
+                }},
+            }),
+        );
+    }
+    serde_json::json!({"proxy_location": "HeadOnly", "proxy_url": url, "applications": apps})
+}
+
+async fn admin_get(axum::extract::State(s): S, headers: axum::http::HeaderMap) -> axum::response::Response {
+    if let Err(r) = admin_auth(&s, &headers) {
+        return to_http(r);
+    }
+    to_http(Response::json(&details(&s, &s.url)))
+}
+
+async fn admin_send(s: &ProxyState, make: impl FnOnce() -> AdminCommand) -> Result<(), Response> {
+    let Some(tx) = &s.admin else { return Err(Response::error(404, "the REST config API is off")) };
+    tx.lock().unwrap_or_else(|p| p.into_inner()).send(make()).map_err(|_| Response::error(503, "Serve is shutting down"))
+}
+
+async fn admin_put(axum::extract::State(s): S, headers: axum::http::HeaderMap, body: axum::body::Bytes) -> axum::response::Response {
+    if let Err(r) = admin_auth(&s, &headers) {
+        return to_http(r);
+    }
+    if body.len() > crate::config::MAX_CONFIG_BYTES {
+        return to_http(Response::error(413, &format!("the config is larger than {} bytes", crate::config::MAX_CONFIG_BYTES)));
+    }
+    let cfg = match std::str::from_utf8(&body).map_err(|e| e.to_string()).and_then(crate::config::ServeConfig::parse) {
+        Ok(c) => c,
+        Err(e) => return to_http(Response::error(400, &e)),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if let Err(r) = admin_send(&s, || AdminCommand::Put(cfg, tx)).await {
+        return to_http(r);
+    }
+    match tokio::time::timeout(Duration::from_secs(300), rx).await {
+        Ok(Ok(Ok(()))) => to_http(Response::json(&serde_json::json!({"ok": true}))),
+        Ok(Ok(Err(e))) => to_http(Response::error(400, &e)),
+        _ => to_http(Response::error(503, "Serve did not apply the config (shutting down?)")),
+    }
+}
+
+async fn admin_delete(axum::extract::State(s): S, headers: axum::http::HeaderMap) -> axum::response::Response {
+    if let Err(r) = admin_auth(&s, &headers) {
+        return to_http(r);
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if let Err(r) = admin_send(&s, || AdminCommand::Delete(tx)).await {
+        return to_http(r);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
+    to_http(Response::json(&serde_json::json!({"ok": true, "shutting_down": true})))
 }

@@ -22,7 +22,7 @@ pub mod rpc;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub(crate) use http::constant_time_eq;
+pub use http::constant_time_eq;
 pub use http::{MAX_PACKAGE, RAY_VERSION};
 
 /// Where drivers that joined the cluster publish their actors, recent tasks and placement
