@@ -46,9 +46,9 @@ fn torch_parity_passes_and_rejects_bad_arguments() {
 /// A Python with the official `openai` client: `FLARE_OPENAI_PYTHON` (CI sets it) or the venv
 /// `.ci/run` makes.
 fn openai_python() -> PathBuf {
-    let p = std::env::var_os("FLARE_OPENAI_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/flare/openai-venv/bin/python")
-    });
+    let p = std::env::var_os("FLARE_OPENAI_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/flare/openai-venv/bin/python"));
     assert!(p.exists(), "{} is missing: .ci/run installs the openai client there (or set FLARE_OPENAI_PYTHON)", p.display());
     p
 }
@@ -106,7 +106,9 @@ fn serve_embeddings_answers_the_official_openai_client_with_sentence_transformer
     let url = lines
         .by_ref()
         .map_while(Result::ok)
-        .find_map(|l| l.split_whitespace().find(|w| w.starts_with("http://")).map(|w| w.trim_end_matches("/v1/embeddings").to_string()))
+        .find_map(|l| {
+            l.split_whitespace().find(|w| w.starts_with("http://")).map(|w| w.trim_end_matches("/v1/embeddings").to_string())
+        })
         .expect("serve_embeddings printed no URL");
     let out = Command::new(&python).args(["-c", OPENAI_CHECK, &url, oracle.to_str().unwrap()]).output().unwrap();
     // Graceful stop (SIGINT), as a user's Ctrl-C.

@@ -15,7 +15,12 @@ fn state_path(session: &Path) -> PathBuf {
 fn read_config(path: &Path) -> anyhow::Result<ServeConfig> {
     let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
     if meta.len() > flare::serve::config::MAX_CONFIG_BYTES as u64 {
-        bail!("{} is {} bytes; a Serve config may have at most {}", path.display(), meta.len(), flare::serve::config::MAX_CONFIG_BYTES);
+        bail!(
+            "{} is {} bytes; a Serve config may have at most {}",
+            path.display(),
+            meta.len(),
+            flare::serve::config::MAX_CONFIG_BYTES
+        );
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     ServeConfig::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
@@ -29,7 +34,8 @@ struct Instance {
 
 fn instance(session: &Path) -> anyhow::Result<Option<Instance>> {
     let Ok(text) = std::fs::read_to_string(state_path(session)) else { return Ok(None) };
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", state_path(session).display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", state_path(session).display()))?;
     let pid = v["pid"].as_u64().unwrap_or(0) as u32;
     // SAFETY: signal 0 only checks that the process exists.
     if pid == 0 || unsafe { libc::kill(pid as i32, 0) } != 0 {
@@ -57,7 +63,11 @@ fn call(i: &Instance, method: &str, body: &[u8]) -> anyhow::Result<flare::serve:
 pub fn run(config: &Path, session: &Path) -> anyhow::Result<()> {
     let cfg = read_config(config)?;
     if let Some(i) = instance(session)? {
-        bail!("Serve already runs here (pid {}, {}): `flare serve deploy` changes its config, `flare serve shutdown` stops it", i.pid, i.url);
+        bail!(
+            "Serve already runs here (pid {}, {}): `flare serve deploy` changes its config, `flare serve shutdown` stops it",
+            i.pid,
+            i.url
+        );
     }
     std::fs::create_dir_all(session).with_context(|| format!("creating {}", session.display()))?;
     let token = flare::head::ensure_token(session).map_err(anyhow::Error::msg)?;
@@ -130,14 +140,19 @@ pub fn deploy(config: &Path, session: &Path) -> anyhow::Result<()> {
 }
 
 pub fn status(session: &Path, json: bool) -> anyhow::Result<()> {
-    let Some(i) = instance(session)? else { bail!("no Serve instance runs in {} (`flare serve deploy CONFIG` starts one)", session.display()) };
+    let Some(i) = instance(session)? else {
+        bail!("no Serve instance runs in {} (`flare serve deploy CONFIG` starts one)", session.display())
+    };
     let v = call(&i, "GET", b"")?.json()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!("proxy: {}", i.url);
-    println!("{:<20} {:<14} {:<14} {:<20} {:>9} {:>7}  message", "application", "route", "status", "deployment", "running", "queued");
+    println!(
+        "{:<20} {:<14} {:<14} {:<20} {:>9} {:>7}  message",
+        "application", "route", "status", "deployment", "running", "queued"
+    );
     for (name, a) in v["applications"].as_object().cloned().unwrap_or_default() {
         for (dname, d) in a["deployments"].as_object().cloned().unwrap_or_default() {
             let running = d["replica_states"]["RUNNING"].as_u64().unwrap_or(0);

@@ -88,7 +88,9 @@ fn make<D: Deployment>(name: &str, args: serde_json::Value) -> Result<Deployment
         Ok(c) => c,
         // No args for a deployment without a config (`()`).
         Err(e) if args.is_null() || args.as_object().is_some_and(|m| m.is_empty()) => {
-            serde_json::from_value(serde_json::json!({})).or_else(|_| serde_json::from_value(serde_json::Value::Null)).map_err(|_| bad(e))?
+            serde_json::from_value(serde_json::json!({}))
+                .or_else(|_| serde_json::from_value(serde_json::Value::Null))
+                .map_err(|_| bad(e))?
         }
         Err(e) => return Err(bad(e)),
     };
@@ -113,7 +115,12 @@ impl Registry {
     /// The application a config entry describes.
     pub fn application(&self, a: &AppConfig) -> Result<Application, String> {
         let maker = self.types.get(&a.import_path).ok_or_else(|| {
-            format!("application '{}': import_path '{}' is not a known deployment type (known: {})", a.name, a.import_path, self.import_paths().join(", "))
+            format!(
+                "application '{}': import_path '{}' is not a known deployment type (known: {})",
+                a.name,
+                a.import_path,
+                self.import_paths().join(", ")
+            )
         })?;
         if a.deployments.len() > 1 {
             return Err(format!(
@@ -147,7 +154,9 @@ fn deployment_options(app: &str, entry: serde_json::Value) -> Result<(String, De
         };
         for (k, v) in actor {
             if !matches!(k.as_str(), "num_cpus" | "num_gpus" | "memory" | "resources") {
-                return Err(format!("deployment '{name}': ray_actor_options.{k} is not supported (num_cpus, num_gpus, memory, resources are)"));
+                return Err(format!(
+                    "deployment '{name}': ray_actor_options.{k} is not supported (num_cpus, num_gpus, memory, resources are)"
+                ));
             }
             m.insert(k, v);
         }

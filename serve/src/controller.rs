@@ -3,8 +3,10 @@
 //! draining and stopping, and replaces replicas that die or fail their health checks.
 
 use crate::deployment::DeploymentSpec;
+use crate::handle::ReplicaDirectory;
 use crate::replica::{ReplicaActor, ReplicaInfo, ReplicaSetup};
 use crate::router::{DeploymentRouter, Replica};
+use flare_core::ActorHandle;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -61,10 +63,19 @@ pub(crate) struct Controller {
     pub router: Arc<DeploymentRouter>,
     spec: DeploymentSpec,
     status: Mutex<DeploymentStatus>,
+    /// Where this deployment's running replicas are published for handles.
+    directory: ActorHandle<ReplicaDirectory>,
+    /// Every deployment's directory in the application (given to replicas).
+    directories: Vec<(String, ActorHandle<ReplicaDirectory>)>,
 }
 
 impl Controller {
-    pub fn new(router: Arc<DeploymentRouter>, spec: DeploymentSpec) -> Arc<Self> {
+    pub fn new(
+        router: Arc<DeploymentRouter>,
+        spec: DeploymentSpec,
+        directory: ActorHandle<ReplicaDirectory>,
+        directories: Vec<(String, ActorHandle<ReplicaDirectory>)>,
+    ) -> Arc<Self> {
         let status = DeploymentStatus {
             name: spec.name.clone(),
             status: "UPDATING".into(),
@@ -74,7 +85,7 @@ impl Controller {
             queued: 0,
             replicas_started: 0,
         };
-        Arc::new(Controller { router, spec, status: Mutex::new(status) })
+        Arc::new(Controller { router, spec, status: Mutex::new(status), directory, directories })
     }
 
     pub fn status(&self) -> DeploymentStatus {
@@ -95,6 +106,7 @@ impl Controller {
         let mut message = String::new();
         let mut failures = 0u32;
         let mut retry_at = Instant::now();
+        let (mut published, mut version): (Vec<String>, u64) = (Vec::new(), 0);
         let tick = Duration::from_millis(50);
         loop {
             let stopping = *stop.borrow();
@@ -261,6 +273,17 @@ impl Controller {
                 *router.replicas.write().unwrap_or_else(|p| p.into_inner()) = reps;
             }
             let running = managed.iter().filter(|m| m.state == ReplicaState::Running).count();
+            let live: Vec<&Managed> =
+                managed.iter().filter(|m| m.state == ReplicaState::Running && !m.replica.dead.load(Ordering::Relaxed)).collect();
+            let ids: Vec<String> = live.iter().map(|m| m.replica.id.clone()).collect();
+            if ids != published {
+                version += 1;
+                // The call runs whether or not its result is awaited.
+                let handles: Vec<ActorHandle<crate::replica::ReplicaActor>> =
+                    live.iter().map(|m| m.replica.handle.clone()).collect();
+                drop(self.directory.set(version, handles));
+                published = ids;
+            }
             if running == 0 && failures > 0 {
                 router.fail_pending(&format!("deployment '{}' has no running replica: {message}", self.spec.name));
             }
@@ -323,6 +346,7 @@ impl Controller {
             deployment: self.spec.name.clone(),
             replica_id: id.clone(),
             max_models: o.max_models_per_replica as u32,
+            directories: self.directories.clone(),
         };
         let call = handle.start(setup);
         let timeout = o.startup_timeout;

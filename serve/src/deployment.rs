@@ -6,13 +6,28 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// What a replica knows about itself.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// What a replica knows about itself, and its way to the other deployments of its application.
+#[derive(Clone)]
 pub struct ReplicaContext {
     pub deployment: String,
     pub replica_id: String,
     /// The GPUs the scheduler gave this replica (fractional replicas share one).
     pub gpu_ids: Vec<u32>,
+    pub(crate) directories: Vec<(String, flare_core::ActorHandle<crate::handle::ReplicaDirectory>)>,
+}
+
+impl ReplicaContext {
+    /// A typed handle on deployment `name` of this replica's application (composition).
+    pub fn handle<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<crate::handle::DeploymentHandle<Req, Resp>, String> {
+        let (_, dir) = self.directories.iter().find(|(n, _)| n == name).ok_or_else(|| {
+            let names: Vec<&str> = self.directories.iter().map(|(n, _)| n.as_str()).collect();
+            format!("this application has no deployment '{name}' (it has {})", names.join(", "))
+        })?;
+        Ok(crate::handle::DeploymentHandle::new(name, dir.clone()))
+    }
 }
 
 /// A replica type. Each replica is built once in its own worker process from the deployment's
@@ -316,18 +331,32 @@ impl DeploymentSpec {
     }
 }
 
-/// Deployments served under a route prefix; HTTP requests go to the ingress deployment.
+/// Deployments served under a route prefix; HTTP requests go to the ingress deployment, which
+/// may call the others through [`ReplicaContext::handle`].
 #[derive(Clone, Debug)]
 pub struct Application {
     pub name: String,
     pub route_prefix: String,
     pub ingress: DeploymentSpec,
+    /// The other deployments of the graph.
+    pub deployments: Vec<DeploymentSpec>,
 }
 
 impl Application {
     /// An application named after its ingress deployment.
     pub fn new(route_prefix: &str, ingress: DeploymentSpec) -> Self {
-        Application { name: ingress.name.clone(), route_prefix: normalize_prefix(route_prefix), ingress }
+        Application { name: ingress.name.clone(), route_prefix: normalize_prefix(route_prefix), ingress, deployments: Vec::new() }
+    }
+
+    /// Adds a deployment that the ingress (or another deployment) calls through a handle.
+    pub fn with(mut self, d: DeploymentSpec) -> Self {
+        self.deployments.push(d);
+        self
+    }
+
+    /// Every deployment, the ingress first.
+    pub fn all(&self) -> impl Iterator<Item = &DeploymentSpec> {
+        std::iter::once(&self.ingress).chain(self.deployments.iter())
     }
 
     pub fn name(mut self, name: &str) -> Self {
@@ -342,13 +371,21 @@ impl Application {
                 self.name, self.route_prefix
             ));
         }
-        if self.route_prefix.starts_with("/-/") || self.route_prefix == "/metrics" || self.route_prefix.starts_with("/api/serve") {
+        if self.route_prefix.starts_with("/-/") || self.route_prefix == "/metrics" || self.route_prefix.starts_with("/api/serve")
+        {
             return Err(format!(
                 "application '{}': the route prefix '{}' is reserved by the proxy",
                 self.name, self.route_prefix
             ));
         }
-        self.ingress.options.validate(&self.ingress.name)
+        let mut names = std::collections::BTreeSet::new();
+        for d in self.all() {
+            if !names.insert(d.name.as_str()) {
+                return Err(format!("application '{}' has two deployments named '{}'", self.name, d.name));
+            }
+            d.options.validate(&d.name)?;
+        }
+        Ok(())
     }
 }
 

@@ -31,6 +31,7 @@ pub mod config;
 pub mod controller;
 pub mod deployment;
 pub mod embeddings;
+pub mod handle;
 pub mod metrics;
 pub mod proxy;
 pub mod replica;
@@ -41,6 +42,7 @@ pub use controller::{DeploymentStatus, ReplicaState, ReplicaStatus};
 pub use deployment::{
     deployment, Application, AutoscalingConfig, BatchConfig, Deployment, DeploymentOptions, DeploymentSpec, ReplicaContext,
 };
+pub use handle::DeploymentHandle;
 pub use proxy::ServeOptions;
 pub use types::{Request, Response, MODEL_ID_HEADER, PRIORITY_HEADER};
 
@@ -86,8 +88,9 @@ pub struct ServeStatus {
 
 struct Running {
     route: Arc<Route>,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    /// Every deployment's controller (the ingress first), with its stop signal and task.
+    controllers: Vec<(Arc<Controller>, watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
+    directories: Vec<(String, flare_core::ActorHandle<handle::ReplicaDirectory>)>,
 }
 
 /// A running Serve instance: the proxy and the applications' controllers.
@@ -141,17 +144,16 @@ pub fn run(apps: impl IntoIterator<Item = Application>, opts: ServeOptions) -> R
             tracing::error!("the Serve proxy failed: {e}");
         }
     });
-    let serve =
-        Serve {
-            rt: Some(rt),
-            state,
-            apps: Mutex::new(Vec::new()),
-            addr,
-            server_stop: Some(stop_tx),
-            server: Some(server),
-            admin_rx: Mutex::new(admin_rx),
-            applied: Mutex::new(Vec::new()),
-        };
+    let serve = Serve {
+        rt: Some(rt),
+        state,
+        apps: Mutex::new(Vec::new()),
+        addr,
+        server_stop: Some(stop_tx),
+        server: Some(server),
+        admin_rx: Mutex::new(admin_rx),
+        applied: Mutex::new(Vec::new()),
+    };
     for app in apps {
         serve.deploy(app)?;
     }
@@ -186,14 +188,26 @@ impl Serve {
             }
         }
         self.delete(&app.name)?;
-        let router =
-            Arc::new(router::DeploymentRouter::new(&app.ingress.name, app.ingress.options.clone(), self.state.metrics.clone()));
-        let controller = Controller::new(router, app.ingress.clone());
-        let (stop, stop_rx) = watch::channel(false);
-        let task = self.rt().spawn(controller.clone().run(stop_rx));
-        let route = Arc::new(Route { prefix: app.route_prefix.clone(), app: app.name.clone(), controller });
+        let mut directories = Vec::new();
+        for d in app.all() {
+            let dir = handle::ReplicaDirectory::remote()
+                .num_cpus(0.0)
+                .spawn()
+                .map_err(|e| Error(format!("starting the replica directory of deployment '{}': {e}", d.name)))?;
+            directories.push((d.name.clone(), dir));
+        }
+        let mut controllers = Vec::new();
+        for (d, (_, dir)) in app.all().zip(&directories) {
+            let router = Arc::new(router::DeploymentRouter::new(&d.name, d.options.clone(), self.state.metrics.clone()));
+            let controller = Controller::new(router, d.clone(), dir.clone(), directories.clone());
+            let (stop, stop_rx) = watch::channel(false);
+            let task = self.rt().spawn(controller.clone().run(stop_rx));
+            controllers.push((controller, stop, task));
+        }
+        let route =
+            Arc::new(Route { prefix: app.route_prefix.clone(), app: app.name.clone(), controller: controllers[0].0.clone() });
         self.state.routes.write().unwrap_or_else(|p| p.into_inner()).push(route.clone());
-        self.apps.lock().unwrap_or_else(|p| p.into_inner()).push(Running { route, stop, task });
+        self.apps.lock().unwrap_or_else(|p| p.into_inner()).push(Running { route, controllers, directories });
         Ok(())
     }
 
@@ -205,8 +219,14 @@ impl Serve {
             apps.remove(i)
         };
         self.state.routes.write().unwrap_or_else(|p| p.into_inner()).retain(|r| !Arc::ptr_eq(r, &old.route));
-        let _ = old.stop.send(true);
-        let _ = self.rt().block_on(async { tokio::time::timeout(Duration::from_secs(120), old.task).await });
+        // The ingress drains first (its replicas may still call the others).
+        for (_, stop, task) in old.controllers {
+            let _ = stop.send(true);
+            let _ = self.rt().block_on(async { tokio::time::timeout(Duration::from_secs(120), task).await });
+        }
+        for (_, dir) in &old.directories {
+            let _ = flare_core::kill(dir);
+        }
         Ok(true)
     }
 
@@ -217,17 +237,19 @@ impl Serve {
             applications: apps
                 .iter()
                 .map(|r| {
-                    let d = r.route.controller.status();
-                    let status = match d.status.as_str() {
-                        "HEALTHY" => "RUNNING",
-                        "UNHEALTHY" => "UNHEALTHY",
-                        _ => "DEPLOYING",
+                    let deployments: Vec<DeploymentStatus> = r.controllers.iter().map(|(c, _, _)| c.status()).collect();
+                    let status = if deployments.iter().any(|d| d.status == "UNHEALTHY") {
+                        "UNHEALTHY"
+                    } else if deployments.iter().all(|d| d.status == "HEALTHY") {
+                        "RUNNING"
+                    } else {
+                        "DEPLOYING"
                     };
                     ApplicationStatus {
                         name: r.route.app.clone(),
                         route_prefix: r.route.prefix.clone(),
                         status: status.into(),
-                        deployments: vec![d],
+                        deployments,
                     }
                 })
                 .collect(),
@@ -259,9 +281,13 @@ impl Serve {
     /// running), the others deleted. Nothing changes when any entry is invalid.
     pub fn apply_config(&self, cfg: &config::ServeConfig, registry: &config::Registry) -> Result<()> {
         if let Some(p) = cfg.http_options.port.filter(|&p| p != 0 && p != self.addr.port()) {
-            return Err(Error(format!("http_options.port {p} differs from the running proxy's port {}: shut down Serve to change it", self.addr.port())));
+            return Err(Error(format!(
+                "http_options.port {p} differs from the running proxy's port {}: shut down Serve to change it",
+                self.addr.port()
+            )));
         }
-        let apps: Vec<Application> = cfg.applications.iter().map(|a| registry.application(a)).collect::<Result<_, _>>().map_err(Error)?;
+        let apps: Vec<Application> =
+            cfg.applications.iter().map(|a| registry.application(a)).collect::<Result<_, _>>().map_err(Error)?;
         let old: Vec<config::AppConfig> = self.applied.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for (a, app) in cfg.applications.iter().zip(apps) {
             if old.iter().any(|o| o == a) && self.status().applications.iter().any(|s| s.name == a.name) {
@@ -342,10 +368,22 @@ impl Serve {
                 let _ = tokio::time::timeout(grace, server).await;
             }
             for a in &apps {
-                let _ = a.stop.send(true);
+                if let Some((_, stop, _)) = a.controllers.first() {
+                    let _ = stop.send(true);
+                }
             }
             for a in apps {
-                let _ = tokio::time::timeout(grace, a.task).await;
+                let mut cs = a.controllers.into_iter();
+                if let Some((_, _, task)) = cs.next() {
+                    let _ = tokio::time::timeout(grace, task).await;
+                }
+                for (_, stop, task) in cs {
+                    let _ = stop.send(true);
+                    let _ = tokio::time::timeout(grace, task).await;
+                }
+                for (_, dir) in &a.directories {
+                    let _ = flare_core::kill(dir);
+                }
             }
         });
         rt.shutdown_timeout(Duration::from_secs(1));

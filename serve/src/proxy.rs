@@ -220,10 +220,16 @@ type S = axum::extract::State<Arc<ProxyState>>;
 #[allow(clippy::result_large_err)]
 fn admin_auth(s: &ProxyState, headers: &axum::http::HeaderMap) -> Result<(), Response> {
     let Some(token) = &s.opts.admin_token else {
-        return Err(Response::error(404, "the REST config API is off (it is served by `flare serve run` and `flare serve deploy`)"));
+        return Err(Response::error(
+            404,
+            "the REST config API is off (it is served by `flare serve run` and `flare serve deploy`)",
+        ));
     };
     match headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")) {
-        None => Err(Response::error(401, "the REST config API needs `Authorization: Bearer TOKEN` (the token is in the session's serve.json)")),
+        None => Err(Response::error(
+            401,
+            "the REST config API needs `Authorization: Bearer TOKEN` (the token is in the session's serve.json)",
+        )),
         Some(t) if flare_core::head::constant_time_eq(t.trim().as_bytes(), token.as_bytes()) => Ok(()),
         Some(_) => Err(Response::error(403, "the token does not match this Serve instance's")),
     }
@@ -272,7 +278,11 @@ async fn admin_send(s: &ProxyState, make: impl FnOnce() -> AdminCommand) -> Resu
     tx.lock().unwrap_or_else(|p| p.into_inner()).send(make()).map_err(|_| Response::error(503, "Serve is shutting down"))
 }
 
-async fn admin_put(axum::extract::State(s): S, headers: axum::http::HeaderMap, body: axum::body::Bytes) -> axum::response::Response {
+async fn admin_put(
+    axum::extract::State(s): S,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
     if let Err(r) = admin_auth(&s, &headers) {
         return to_http(r);
     }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::{Mutex, OnceLock};
 
 /// What a replica is built from.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub(crate) struct ReplicaSetup {
     pub factory: flare_core::util::CodeRef,
     #[serde(with = "serde_bytes")]
@@ -14,6 +14,8 @@ pub(crate) struct ReplicaSetup {
     pub deployment: String,
     pub replica_id: String,
     pub max_models: u32,
+    /// The directories of the application's deployments (for handles).
+    pub directories: Vec<(String, flare_core::ActorHandle<crate::handle::ReplicaDirectory>)>,
 }
 
 /// What a started replica reports.
@@ -102,7 +104,12 @@ impl ReplicaActor {
         // executable image (its code bytes matched), so it is a function of exactly this type.
         let factory = unsafe { std::mem::transmute::<usize, Factory>(addr) };
         let gpu_ids = flare_core::get_gpu_ids();
-        let ctx = ReplicaContext { deployment: setup.deployment.clone(), replica_id: setup.replica_id, gpu_ids: gpu_ids.clone() };
+        let ctx = ReplicaContext {
+            deployment: setup.deployment.clone(),
+            replica_id: setup.replica_id,
+            gpu_ids: gpu_ids.clone(),
+            directories: setup.directories,
+        };
         let replica = match std::panic::catch_unwind(|| factory(&setup.config, &ctx)) {
             Ok(r) => r.map_err(|e| format!("deployment '{}' failed to start: {e}", setup.deployment))?,
             Err(p) => return Err(format!("deployment '{}' panicked while starting: {}", setup.deployment, panic_message(p))),

@@ -396,3 +396,74 @@ fn graceful_shutdown_answers_every_accepted_request() {
     assert_eq!(codes, vec![200; 5], "shutdown took {:?}", t0.elapsed());
     assert!(HttpClient::new(addr).get("/-/healthz").is_err(), "the proxy still accepts connections");
 }
+
+/// Downstream: doubles `x`.
+struct Doubler;
+
+impl Deployment for Doubler {
+    type Config = ();
+    fn new(_: (), _: &ReplicaContext) -> Result<Self, String> {
+        Ok(Doubler)
+    }
+    fn handle_batch(&self, batch: Vec<Request>) -> Result<Vec<Response>, String> {
+        Ok(batch
+            .iter()
+            .map(|r| match r.json::<serde_json::Value>() {
+                Ok(v) => Response::json(&serde_json::json!({"y": v["x"].as_i64().unwrap_or(0) * 2, "pid": std::process::id()})),
+                Err(resp) => resp,
+            })
+            .collect())
+    }
+}
+
+/// The ingress: parses a number and asks the doubler through a typed handle.
+struct Front {
+    doubler: flare_serve::DeploymentHandle<serde_json::Value, serde_json::Value>,
+}
+
+impl Deployment for Front {
+    type Config = String;
+    fn new(downstream: String, ctx: &ReplicaContext) -> Result<Self, String> {
+        Ok(Front { doubler: ctx.handle(&downstream)? })
+    }
+    fn handle_batch(&self, batch: Vec<Request>) -> Result<Vec<Response>, String> {
+        batch
+            .iter()
+            .map(|r| {
+                let x: i64 = String::from_utf8_lossy(&r.body).trim().parse().map_err(|e| format!("not a number: {e}"))?;
+                let v = self.doubler.call(&serde_json::json!({"x": x}))?;
+                Ok(Response::json(
+                    &serde_json::json!({"answer": v["y"], "doubler_pid": v["pid"], "front_pid": std::process::id()}),
+                ))
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn an_ingress_calls_another_deployment_through_a_typed_handle() {
+    init();
+    let app = Application::new("/", deployment::<Front>("front", "doubler".into()).num_cpus(0.5))
+        .with(deployment::<Doubler>("doubler", ()).num_replicas(2).num_cpus(0.5));
+    let s = flare_serve::run([app], ServeOptions { port: 0, ..Default::default() }).unwrap();
+    s.wait_ready(Duration::from_secs(60)).unwrap();
+    assert_eq!(s.status().applications[0].deployments.len(), 2);
+    let mut c = HttpClient::new(s.addr().to_string());
+    let mut pids = std::collections::BTreeSet::new();
+    for i in 0..30 {
+        let v = json(&c.request("POST", "/", &[], i.to_string().as_bytes()).unwrap());
+        assert_eq!(v["answer"], 2 * i);
+        assert_ne!(v["doubler_pid"], v["front_pid"]);
+        pids.insert(v["doubler_pid"].as_u64().unwrap());
+    }
+    assert_eq!(pids.len(), 2, "the handle used {} of the 2 doubler replicas", pids.len());
+    let r = c.request("POST", "/", &[], b"zz").unwrap();
+    assert_eq!(r.status, 500);
+    assert!(r.text().contains("not a number"), "{}", r.text());
+
+    // A handle on a deployment the application does not have fails the replica's start.
+    let bad = Application::new("/bad", deployment::<Front>("front2", "nope".into()).num_cpus(0.5));
+    let s2 = flare_serve::run([bad], ServeOptions { port: 0, ..Default::default() }).unwrap();
+    let err = s2.wait_ready(Duration::from_secs(60)).unwrap_err().to_string();
+    assert!(err.contains("this application has no deployment 'nope' (it has front2)"), "{err}");
+}
