@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod replica;
 mod router;
+pub mod stream;
 pub mod types;
 
 pub use controller::{DeploymentStatus, ReplicaState, ReplicaStatus};

@@ -4,6 +4,7 @@
 
 use crate::controller::Controller;
 use crate::metrics::{label, Metrics};
+use crate::router::Answer;
 use crate::types::{Request, Response, MODEL_ID_HEADER, PRIORITY_HEADER};
 use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
@@ -81,9 +82,14 @@ impl ProxyState {
 }
 
 fn to_http(resp: Response) -> axum::response::Response {
-    let mut out = axum::response::Response::new(Body::from(resp.body));
-    *out.status_mut() = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    for (k, v) in resp.headers {
+    let body = Body::from(resp.body);
+    with_body(resp.status, resp.headers, body)
+}
+
+fn with_body(status: u16, headers: Vec<(String, String)>, body: Body) -> axum::response::Response {
+    let mut out = axum::response::Response::new(body);
+    *out.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for (k, v) in headers {
         if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
             out.headers_mut().append(k, v);
         }
@@ -157,29 +163,82 @@ async fn handle(
     let Some(route) = s.route(&path) else {
         return to_http(Response::error(404, &format!("no application serves '{path}' (see /-/routes)")));
     };
-    let (resp, counted) = forward(&s, &route, req).await;
+    let (answer, counted) = forward(&s, &route, req).await;
+    let mut resp = answer.resp;
     if counted {
         s.metrics.request(&route.prefix, resp.status, t0.elapsed().as_secs_f64());
     }
-    to_http(resp)
+    let stream_id = resp.header(crate::stream::STREAM_HEADER).and_then(|v| v.parse::<u64>().ok());
+    match (stream_id, answer.replica) {
+        (Some(id), Some(replica)) => {
+            resp.headers.retain(|(k, _)| k != crate::stream::STREAM_HEADER);
+            with_body(resp.status, resp.headers, stream_body(replica, id))
+        }
+        _ => to_http(resp),
+    }
 }
 
-async fn forward(s: &ProxyState, route: &Route, req: axum::extract::Request) -> (Response, bool) {
+/// Cancels a replica's stream when the client goes before it ended.
+struct StreamGuard {
+    replica: flare_core::ActorHandle<crate::replica::ReplicaActor>,
+    id: u64,
+    done: bool,
+    pending: std::collections::VecDeque<Vec<u8>>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            drop(self.replica.stream_cancel(self.id));
+        }
+    }
+}
+
+/// A body that pulls a replica's stream chunk by chunk.
+fn stream_body(replica: flare_core::ActorHandle<crate::replica::ReplicaActor>, id: u64) -> Body {
+    let guard = StreamGuard { replica, id, done: false, pending: Default::default() };
+    Body::from_stream(futures_util::stream::unfold(guard, |mut g| async move {
+        loop {
+            if let Some(c) = g.pending.pop_front() {
+                return Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(c)), g));
+            }
+            if g.done {
+                return None;
+            }
+            match g.replica.stream_next(g.id, 100).await {
+                Ok(chunk) => {
+                    g.done = chunk.done;
+                    g.pending.extend(chunk.chunks.into_iter().map(|b| b.into_vec()));
+                }
+                Err(e) => {
+                    g.done = true;
+                    return Some((Err(std::io::Error::other(format!("the stream broke: {e}"))), g));
+                }
+            }
+        }
+    }))
+}
+
+fn plain(resp: Response) -> Answer {
+    Answer { resp, replica: None }
+}
+
+async fn forward(s: &ProxyState, route: &Route, req: axum::extract::Request) -> (Answer, bool) {
     if s.draining.load(Ordering::Relaxed) {
-        return (Response::error(503, "the server is shutting down").with_header("retry-after", "1"), true);
+        return (plain(Response::error(503, "the server is shutting down").with_header("retry-after", "1")), true);
     }
     let max = s.opts.max_body_bytes;
     let too_large = || Response::error(413, &format!("the request body is larger than the limit of {max} bytes"));
     if let Some(len) = req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
         if len > max as u64 {
-            return (too_large(), true);
+            return (plain(too_large()), true);
         }
     }
     let (parts, body) = req.into_parts();
     let body = match http_body_util::Limited::new(body, max).collect().await {
         Ok(b) => b.to_bytes().to_vec(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return (too_large(), true),
-        Err(e) => return (Response::error(400, &format!("reading the request body failed: {e}")), true),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return (plain(too_large()), true),
+        Err(e) => return (plain(Response::error(400, &format!("reading the request body failed: {e}"))), true),
     };
     let path = parts.uri.path();
     let sub = if route.prefix == "/" { path } else { &path[route.prefix.len()..] };
@@ -189,7 +248,7 @@ async fn forward(s: &ProxyState, route: &Route, req: axum::extract::Request) -> 
     let priority = match parts.headers.get(PRIORITY_HEADER).map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok())) {
         None => 0,
         Some(Some(p)) => p,
-        Some(None) => return (Response::error(400, &format!("the {PRIORITY_HEADER} header must be an integer")), true),
+        Some(None) => return (plain(Response::error(400, &format!("the {PRIORITY_HEADER} header must be an integer"))), true),
     };
     let request = Request {
         method: parts.method.as_str().to_string(),
@@ -202,12 +261,12 @@ async fn forward(s: &ProxyState, route: &Route, req: axum::extract::Request) -> 
     let rx = route.controller.router.submit(request, priority);
     match tokio::time::timeout(s.opts.request_timeout, rx).await {
         Ok(Ok(resp)) => (resp, true),
-        Ok(Err(_)) => (Response::error(500, "the request was dropped without an answer"), true),
+        Ok(Err(_)) => (plain(Response::error(500, "the request was dropped without an answer")), true),
         Err(_) => (
-            Response::error(
+            plain(Response::error(
                 504,
                 &format!("no response within the request timeout of {:.1} s", s.opts.request_timeout.as_secs_f64()),
-            ),
+            )),
             true,
         ),
     }

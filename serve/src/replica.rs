@@ -144,6 +144,15 @@ impl ReplicaActor {
         BatchReply { result, models: self.loaded() }
     }
 
+    /// The next chunks of a streamed response (waits up to `wait_ms` for the first).
+    fn stream_next(&self, id: u64, wait_ms: u32) -> Result<crate::stream::StreamChunk, String> {
+        crate::stream::next(id, std::time::Duration::from_millis(wait_ms as u64))
+    }
+
+    fn stream_cancel(&self, id: u64) {
+        crate::stream::cancel(id)
+    }
+
     fn check_health(&self) -> Result<(), String> {
         let r = self.replica()?;
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.check_health())) {

@@ -17,7 +17,7 @@ use tokio::sync::{oneshot, Notify};
 /// One accepted request waiting for its replica.
 pub(crate) struct Item {
     pub req: Request,
-    pub tx: oneshot::Sender<Response>,
+    pub tx: oneshot::Sender<Answer>,
     pub priority: i64,
     pub seq: u64,
     pub enqueued: Instant,
@@ -43,8 +43,14 @@ impl Ord for Item {
     }
 }
 
+/// A response, and for a streamed one the replica that holds its stream.
+pub(crate) struct Answer {
+    pub resp: Response,
+    pub replica: Option<ActorHandle<ReplicaActor>>,
+}
+
 fn answer(item: Item, resp: Response) {
-    let _ = item.tx.send(resp);
+    let _ = item.tx.send(Answer { resp, replica: None });
 }
 
 /// A replica as the router sees it.
@@ -156,7 +162,7 @@ impl DeploymentRouter {
     }
 
     /// Accepts a request: the receiver gets its response. A full deployment answers 503 at once.
-    pub fn submit(self: &Arc<Self>, req: Request, priority: i64) -> oneshot::Receiver<Response> {
+    pub fn submit(self: &Arc<Self>, req: Request, priority: i64) -> oneshot::Receiver<Answer> {
         let (tx, rx) = oneshot::channel();
         let item =
             Item { req, tx, priority, seq: self.seq.fetch_add(1, Ordering::Relaxed), enqueued: Instant::now(), attempts: 0 };
@@ -353,7 +359,8 @@ impl DeploymentRouter {
                 match result {
                     Ok(resps) => {
                         for (it, resp) in batch.into_iter().zip(resps) {
-                            answer(it, resp);
+                            let replica = resp.header(crate::stream::STREAM_HEADER).map(|_| r.handle.clone());
+                            let _ = it.tx.send(Answer { resp, replica });
                         }
                     }
                     Err(msg) => {

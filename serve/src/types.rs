@@ -90,6 +90,25 @@ impl Response {
         }
     }
 
+    /// A streamed body (HTTP chunked): `produce` runs on its own thread in the replica and
+    /// writes chunks to the sink as they are ready.
+    pub fn stream(content_type: &str, produce: impl FnOnce(&mut crate::stream::StreamSink) + Send + 'static) -> Self {
+        let id = crate::stream::start(false, Box::new(produce));
+        Response { status: 200, headers: vec![("content-type".into(), content_type.into())], body: Vec::new() }
+            .with_header(crate::stream::STREAM_HEADER, &id.to_string())
+    }
+
+    /// Server-sent events (`text/event-stream`): every `sink.send(data)` is one `data:` event.
+    pub fn sse(produce: impl FnOnce(&mut crate::stream::StreamSink) + Send + 'static) -> Self {
+        let id = crate::stream::start(true, Box::new(produce));
+        Response {
+            status: 200,
+            headers: vec![("content-type".into(), "text/event-stream".into()), ("cache-control".into(), "no-cache".into())],
+            body: Vec::new(),
+        }
+        .with_header(crate::stream::STREAM_HEADER, &id.to_string())
+    }
+
     pub fn with_header(mut self, name: &str, value: &str) -> Self {
         self.headers.push((name.to_ascii_lowercase(), value.into()));
         self

@@ -467,3 +467,83 @@ fn an_ingress_calls_another_deployment_through_a_typed_handle() {
     let err = s2.wait_ready(Duration::from_secs(60)).unwrap_err().to_string();
     assert!(err.contains("this application has no deployment 'nope' (it has front2)"), "{err}");
 }
+
+/// Streams: `/sse` sends five events 150 ms apart; `/chunks` plain chunks; `/forever` until
+/// the client goes (it records that in a marker file).
+struct Streamer;
+
+impl Deployment for Streamer {
+    type Config = String;
+    fn new(_: String, _: &ReplicaContext) -> Result<Self, String> {
+        Ok(Streamer)
+    }
+    fn handle_batch(&self, batch: Vec<Request>) -> Result<Vec<Response>, String> {
+        Ok(batch
+            .iter()
+            .map(|r| match r.path.as_str() {
+                "/sse" => Response::sse(|sink| {
+                    for i in 0..5 {
+                        sink.send(format!("tick {i}"));
+                        std::thread::sleep(Duration::from_millis(150));
+                    }
+                }),
+                "/chunks" => Response::stream("text/plain", |sink| {
+                    for i in 0..3 {
+                        sink.send(format!("part {i};"));
+                    }
+                }),
+                _ => {
+                    let marker = String::from_utf8_lossy(&r.body).into_owned();
+                    Response::stream("text/plain", move |sink| {
+                        while sink.send(vec![b'x'; 1024]) {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        let _ = std::fs::write(marker, b"stopped");
+                    })
+                }
+            })
+            .collect())
+    }
+}
+
+#[test]
+fn streamed_responses_arrive_chunk_by_chunk_and_stop_when_the_client_goes() {
+    use std::io::{Read, Write};
+    let s = start("/", deployment::<Streamer>("streamer", String::new()).num_cpus(0.5), ServeOptions::default());
+    let mut c = HttpClient::new(s.addr().to_string());
+    let r = c.get("/chunks").unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.text(), "part 0;part 1;part 2;");
+    assert!(r.header("x-flare-stream").is_none());
+
+    // SSE: the first event arrives long before the last one is made.
+    let t0 = Instant::now();
+    let mut raw = std::net::TcpStream::connect(s.addr()).unwrap();
+    raw.write_all(b"GET /sse HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("data: tick 0\n\n") {
+        let n = raw.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let first = t0.elapsed();
+    let text = String::from_utf8_lossy(&seen).to_lowercase();
+    assert!(text.contains("content-type: text/event-stream"), "{text}");
+    assert!(first < Duration::from_millis(600), "the first event took {first:?} (the stream takes 750 ms)");
+    let r = c.get("/sse").unwrap();
+    assert_eq!(r.text(), (0..5).map(|i| format!("data: tick {i}\n\n")).collect::<String>());
+
+    // A client that hangs up stops the producer.
+    let marker = std::env::temp_dir().join(format!("flare-serve-stream-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let mut raw = std::net::TcpStream::connect(s.addr()).unwrap();
+    let m = marker.to_string_lossy().into_owned();
+    raw.write_all(format!("POST /forever HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{m}", m.len()).as_bytes()).unwrap();
+    let n = raw.read(&mut buf).unwrap();
+    assert!(n > 0);
+    drop(raw);
+    assert!(eventually(Duration::from_secs(20), || marker.exists()), "the producer kept running after the client left");
+    let _ = std::fs::remove_file(&marker);
+}

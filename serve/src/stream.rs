@@ -1,0 +1,129 @@
+//! Streamed response bodies (HTTP chunked, and server-sent events): the producer runs on its
+//! own thread in the replica's process and fills a bounded channel; the proxy drains it with
+//! `stream_next` calls and writes the chunks as they come. A client that goes away cancels the
+//! stream, and the producer's next `send` returns false.
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+/// The header of a replica's response whose body is a stream (the stream's id in its process).
+pub(crate) const STREAM_HEADER: &str = "x-flare-stream";
+/// Chunks buffered ahead of the client: the producer waits when they are full.
+const BUFFERED_CHUNKS: usize = 64;
+/// The most bytes one `stream_next` returns.
+const MAX_BATCH_BYTES: usize = 1 << 20;
+
+static STREAMS: LazyLock<Mutex<HashMap<u64, Receiver<Vec<u8>>>>> = LazyLock::new(Default::default);
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Where a streaming handler writes its body.
+pub struct StreamSink {
+    tx: SyncSender<Vec<u8>>,
+    sse: bool,
+}
+
+impl StreamSink {
+    /// Sends a chunk (for SSE: one `data:` event); false once the client is gone.
+    pub fn send(&mut self, data: impl AsRef<[u8]>) -> bool {
+        let data = data.as_ref();
+        let chunk = if self.sse {
+            let mut out = Vec::with_capacity(data.len() + 8);
+            for line in data.split(|&b| b == b'\n') {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(line);
+                out.push(b'\n');
+            }
+            out.push(b'\n');
+            out
+        } else {
+            data.to_vec()
+        };
+        self.tx.send(chunk).is_ok()
+    }
+
+    /// A named SSE event (`event: NAME`); plain chunks for non-SSE streams.
+    pub fn event(&mut self, name: &str, data: impl AsRef<[u8]>) -> bool {
+        if !self.sse {
+            return self.send(data);
+        }
+        let mut out = format!("event: {name}\n").into_bytes();
+        for line in data.as_ref().split(|&b| b == b'\n') {
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+        out.push(b'\n');
+        self.tx.send(out).is_ok()
+    }
+}
+
+/// Starts a producer thread; its stream's id.
+pub(crate) fn start(sse: bool, produce: Box<dyn FnOnce(&mut StreamSink) + Send>) -> u64 {
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = sync_channel(BUFFERED_CHUNKS);
+    STREAMS.lock().unwrap_or_else(|p| p.into_inner()).insert(id, rx);
+    let spawned = std::thread::Builder::new().name("flare-serve-stream".into()).spawn(move || {
+        let mut sink = StreamSink { tx, sse };
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| produce(&mut sink))) {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!("a streaming handler panicked: {msg}");
+            let _ = sink.event("error", format!("the handler panicked: {msg}"));
+        }
+    });
+    if spawned.is_err() {
+        STREAMS.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    }
+    id
+}
+
+/// The chunks a stream has ready (waiting up to `wait` for the first), and whether it ended.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct StreamChunk {
+    pub chunks: Vec<serde_bytes::ByteBuf>,
+    pub done: bool,
+}
+
+pub(crate) fn next(id: u64, wait: Duration) -> Result<StreamChunk, String> {
+    let rx = STREAMS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&id)
+        .ok_or_else(|| format!("no stream {id} in this replica (it ended or was cancelled)"))?;
+    let mut out = StreamChunk::default();
+    let mut bytes = 0;
+    match rx.recv_timeout(wait) {
+        Ok(c) => {
+            bytes += c.len();
+            out.chunks.push(serde_bytes::ByteBuf::from(c));
+        }
+        Err(RecvTimeoutError::Timeout) => {}
+        Err(RecvTimeoutError::Disconnected) => out.done = true,
+    }
+    while !out.done && bytes < MAX_BATCH_BYTES {
+        match rx.try_recv() {
+            Ok(c) => {
+                bytes += c.len();
+                out.chunks.push(serde_bytes::ByteBuf::from(c));
+            }
+            Err(TryRecvError::Empty) => break,
+            Err(TryRecvError::Disconnected) => out.done = true,
+        }
+    }
+    if !out.done {
+        STREAMS.lock().unwrap_or_else(|p| p.into_inner()).insert(id, rx);
+    }
+    Ok(out)
+}
+
+/// Drops a stream (its producer's next send returns false).
+pub(crate) fn cancel(id: u64) {
+    STREAMS.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+}
