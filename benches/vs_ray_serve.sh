@@ -101,6 +101,9 @@ stop
 start "$bin/serve_noop" --port "$port"
 for c in 1 16 64; do load "Flare no-op" "$c" "$tmp/noop.lua"; done
 stop
+start "$bin/serve_noop" --port "$port" --in-process
+for c in 1 16 64; do load "Flare no-op (in_process replica)" "$c" "$tmp/noop.lua"; done
+stop
 start "$venv/bin/python" benches/ray_serve_app.py "$port" noop
 for c in 1 16 64; do load "Ray Serve no-op (defaults)" "$c" "$tmp/noop.lua"; done
 stop ray

@@ -2,7 +2,9 @@
 //! JSON, or (`--bare`) the same handler on bare axum, the baseline for the proxy's overhead.
 //!
 //! `cargo run --release --example serve_noop -- --port 8000 [--replicas 1] [--max-ongoing 100]
-//!  [--max-batch-size 1] [--batch-wait-ms 0] [--bare]`
+//!  [--max-batch-size 1] [--batch-wait-ms 0] [--in-process] [--bare]`
+//!
+//! `--in-process` runs the replicas in the proxy's process (no process hop per request).
 
 use flare::serve::{self, Application, Deployment, ReplicaContext, Request, Response, ServeOptions};
 use std::time::Duration;
@@ -59,12 +61,15 @@ fn main() -> anyhow::Result<()> {
     let max_batch: usize = arg(&args, "--max-batch-size", 1).map_err(anyhow::Error::msg)?;
     let wait_ms: u64 = arg(&args, "--batch-wait-ms", 0).map_err(anyhow::Error::msg)?;
     flare::init_with(flare::Config::new().log_to_driver(false))?;
-    let d = serve::deployment::<Noop>("noop", ())
+    let mut d = serve::deployment::<Noop>("noop", ())
         .num_replicas(replicas)
         .num_cpus(0.0)
         .max_ongoing_requests(max_ongoing)
         .max_queued_requests(100_000)
         .max_batch_size(max_batch, Duration::from_millis(wait_ms));
+    if args.iter().any(|a| a == "--in-process") {
+        d = d.in_process();
+    }
     let s = serve::run([Application::new("/", d)], ServeOptions { port, ..Default::default() })?;
     s.wait_ready(Duration::from_secs(60))?;
     println!("serving on {}", s.url());

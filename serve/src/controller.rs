@@ -4,7 +4,7 @@
 
 use crate::deployment::DeploymentSpec;
 use crate::handle::ReplicaDirectory;
-use crate::replica::{ReplicaActor, ReplicaInfo, ReplicaSetup};
+use crate::replica::{Backend, ReplicaActor, ReplicaInfo, ReplicaSetup};
 use crate::router::{DeploymentRouter, Replica};
 use flare_core::ActorHandle;
 use serde::{Deserialize, Serialize};
@@ -199,11 +199,11 @@ impl Controller {
                                 m.next_health = now + o.health_check_period;
                             }
                         } else if now >= m.next_health {
-                            let call = r.handle.check_health();
+                            let backend = r.backend.clone();
                             let timeout = o.health_check_timeout;
                             m.health = Some(tokio::spawn(async move {
-                                match tokio::time::timeout(timeout, call).await {
-                                    Ok(r) => r.map_err(|e| e.to_string()),
+                                match tokio::time::timeout(timeout, backend.check_health()).await {
+                                    Ok(r) => r,
                                     Err(_) => Err(format!("no answer within {:.1} s", timeout.as_secs_f64())),
                                 }
                             }));
@@ -229,7 +229,7 @@ impl Controller {
                 if let Some(h) = &m.start {
                     h.abort();
                 }
-                let _ = flare_core::kill(&m.replica.handle);
+                m.replica.backend.kill();
                 false
             });
 
@@ -280,7 +280,7 @@ impl Controller {
                 version += 1;
                 // The call runs whether or not its result is awaited.
                 let handles: Vec<ActorHandle<crate::replica::ReplicaActor>> =
-                    live.iter().map(|m| m.replica.handle.clone()).collect();
+                    live.iter().filter_map(|m| m.replica.backend.actor().cloned()).collect();
                 drop(self.directory.set(version, handles));
                 published = ids;
             }
@@ -328,18 +328,22 @@ impl Controller {
         let o = &self.spec.options;
         let id = format!("{}#{n}", self.spec.name);
         let batches_at_once = o.max_ongoing_requests.max(o.batching.max_batch_size).div_ceil(o.batching.max_batch_size);
-        let mut b = ReplicaActor::remote()
-            .num_cpus(o.num_cpus)
-            .num_gpus(o.num_gpus)
-            .max_restarts(0)
-            .max_concurrency(batches_at_once.clamp(1, 256) as u32 + 1);
-        if o.memory > 0 {
-            b = b.memory(o.memory);
-        }
-        for (k, v) in &o.resources {
-            b = b.resources(k.clone(), *v);
-        }
-        let handle = b.spawn().map_err(|e| e.to_string())?;
+        let backend = if o.in_process {
+            Backend::local()
+        } else {
+            let mut b = ReplicaActor::remote()
+                .num_cpus(o.num_cpus)
+                .num_gpus(o.num_gpus)
+                .max_restarts(0)
+                .max_concurrency(batches_at_once.clamp(1, 256) as u32 + 1);
+            if o.memory > 0 {
+                b = b.memory(o.memory);
+            }
+            for (k, v) in &o.resources {
+                b = b.resources(k.clone(), *v);
+            }
+            Backend::Actor(b.spawn().map_err(|e| e.to_string())?)
+        };
         let setup = ReplicaSetup {
             factory: self.spec.factory,
             config: self.spec.config.clone(),
@@ -348,17 +352,17 @@ impl Controller {
             max_models: o.max_models_per_replica as u32,
             directories: self.directories.clone(),
         };
-        let call = handle.start(setup);
         let timeout = o.startup_timeout;
+        let starting = backend.clone();
         let start = tokio::spawn(async move {
-            match tokio::time::timeout(timeout, call).await {
-                Ok(r) => r.map_err(|e| e.to_string()),
+            match tokio::time::timeout(timeout, starting.start(setup)).await {
+                Ok(r) => r,
                 Err(_) => Err(format!("it did not start within {:.0} s (startup_timeout)", timeout.as_secs_f64())),
             }
         });
         let now = Instant::now();
         Ok(Managed {
-            replica: Arc::new(Replica::new(id, handle)),
+            replica: Arc::new(Replica::new(id, backend)),
             state: ReplicaState::Starting,
             since: now,
             start: Some(start),

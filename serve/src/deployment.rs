@@ -149,6 +149,10 @@ pub struct DeploymentOptions {
     /// How long a replica may take to start (build its model).
     #[serde(with = "secs", alias = "startup_timeout_s")]
     pub startup_timeout: Duration,
+    /// Runs the replicas in the proxy's own process instead of worker processes: no process
+    /// hop per batch (for cheap handlers), but no isolation, no scheduler resources (no GPUs),
+    /// and no handles from other deployments.
+    pub in_process: bool,
 }
 
 impl Default for DeploymentOptions {
@@ -168,6 +172,7 @@ impl Default for DeploymentOptions {
             health_check_timeout: Duration::from_secs(30),
             graceful_shutdown_timeout: Duration::from_secs(20),
             startup_timeout: Duration::from_secs(300),
+            in_process: false,
         }
     }
 }
@@ -206,6 +211,9 @@ impl DeploymentOptions {
         }
         if self.max_models_per_replica == 0 {
             return bad("max_models_per_replica must be at least 1");
+        }
+        if self.in_process && (self.num_gpus > 0.0 || !self.resources.is_empty()) {
+            return bad("in_process replicas take no scheduler resources: num_gpus and resources must be unset (run them as worker processes instead)");
         }
         if self.num_cpus < 0.0 || self.num_gpus < 0.0 {
             return bad("num_cpus and num_gpus must not be negative");
@@ -323,6 +331,11 @@ impl DeploymentSpec {
     pub fn health_check(mut self, period: Duration, timeout: Duration) -> Self {
         self.options.health_check_period = period;
         self.options.health_check_timeout = timeout;
+        self
+    }
+    /// Replicas in the proxy's process (see [`DeploymentOptions::in_process`]).
+    pub fn in_process(mut self) -> Self {
+        self.options.in_process = true;
         self
     }
     pub fn graceful_shutdown_timeout(mut self, t: Duration) -> Self {

@@ -180,7 +180,7 @@ async fn handle(
 
 /// Cancels a replica's stream when the client goes before it ended.
 struct StreamGuard {
-    replica: flare_core::ActorHandle<crate::replica::ReplicaActor>,
+    replica: crate::replica::Backend,
     id: u64,
     done: bool,
     pending: std::collections::VecDeque<Vec<u8>>,
@@ -189,13 +189,13 @@ struct StreamGuard {
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         if !self.done {
-            drop(self.replica.stream_cancel(self.id));
+            self.replica.stream_cancel(self.id);
         }
     }
 }
 
 /// A body that pulls a replica's stream chunk by chunk.
-fn stream_body(replica: flare_core::ActorHandle<crate::replica::ReplicaActor>, id: u64) -> Body {
+fn stream_body(replica: crate::replica::Backend, id: u64) -> Body {
     let guard = StreamGuard { replica, id, done: false, pending: Default::default() };
     Body::from_stream(futures_util::stream::unfold(guard, |mut g| async move {
         loop {

@@ -161,3 +161,96 @@ impl ReplicaActor {
         }
     }
 }
+
+/// Where a replica runs: an actor in its own worker process (the default), or in the proxy's
+/// own process (`in_process`: no process hop, no isolation, no scheduler resources).
+#[derive(Clone)]
+pub(crate) enum Backend {
+    Actor(flare_core::ActorHandle<ReplicaActor>),
+    Local(std::sync::Arc<ReplicaActor>),
+}
+
+/// A failed call: whether the replica is gone, and the message.
+pub(crate) struct CallError {
+    pub died: bool,
+    pub message: String,
+}
+
+fn actor_error(e: flare_core::Error) -> CallError {
+    use flare_core::ErrorKind::*;
+    CallError { died: matches!(e.kind(), ActorDied | WorkerDied | ActorRestarting), message: e.to_string() }
+}
+
+async fn local<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, CallError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CallError { died: false, message: format!("the replica's call failed: {e}") })
+}
+
+impl Backend {
+    /// A replica in this process.
+    pub fn local() -> Self {
+        Backend::Local(std::sync::Arc::new(ReplicaActor::new()))
+    }
+
+    pub async fn start(&self, setup: ReplicaSetup) -> Result<ReplicaInfo, String> {
+        match self {
+            Backend::Actor(h) => h.start(setup).await.map_err(|e| e.to_string()),
+            Backend::Local(r) => {
+                let r = r.clone();
+                local(move || r.start(setup)).await.map_err(|e| e.message)?
+            }
+        }
+    }
+
+    pub async fn handle(&self, batch: Vec<Request>) -> Result<BatchReply, CallError> {
+        match self {
+            Backend::Actor(h) => h.handle(batch).await.map_err(actor_error),
+            Backend::Local(r) => {
+                let r = r.clone();
+                local(move || r.handle(batch)).await
+            }
+        }
+    }
+
+    pub async fn check_health(&self) -> Result<(), String> {
+        match self {
+            Backend::Actor(h) => h.check_health().await.map_err(|e| e.to_string()),
+            Backend::Local(r) => {
+                let r = r.clone();
+                local(move || r.check_health()).await.map_err(|e| e.message)?
+            }
+        }
+    }
+
+    pub async fn stream_next(&self, id: u64, wait_ms: u32) -> Result<crate::stream::StreamChunk, String> {
+        match self {
+            Backend::Actor(h) => h.stream_next(id, wait_ms).await.map_err(|e| e.to_string()),
+            Backend::Local(r) => {
+                let r = r.clone();
+                local(move || r.stream_next(id, wait_ms)).await.map_err(|e| e.message)?
+            }
+        }
+    }
+
+    pub fn stream_cancel(&self, id: u64) {
+        match self {
+            Backend::Actor(h) => drop(h.stream_cancel(id)),
+            Backend::Local(r) => r.stream_cancel(id),
+        }
+    }
+
+    pub fn kill(&self) {
+        if let Backend::Actor(h) = self {
+            let _ = flare_core::kill(h);
+        }
+    }
+
+    /// The actor, for handles (in-process replicas are not reachable from other processes).
+    pub fn actor(&self) -> Option<&flare_core::ActorHandle<ReplicaActor>> {
+        match self {
+            Backend::Actor(h) => Some(h),
+            Backend::Local(_) => None,
+        }
+    }
+}

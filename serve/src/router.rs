@@ -4,10 +4,9 @@
 
 use crate::deployment::DeploymentOptions;
 use crate::metrics::Metrics;
-use crate::replica::{BatchReply, ReplicaActor};
+use crate::replica::{Backend, BatchReply};
 use crate::types::{Request, Response};
 use flare_core::util::SplitMix64;
-use flare_core::{ActorHandle, ErrorKind};
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -46,7 +45,7 @@ impl Ord for Item {
 /// A response, and for a streamed one the replica that holds its stream.
 pub(crate) struct Answer {
     pub resp: Response,
-    pub replica: Option<ActorHandle<ReplicaActor>>,
+    pub replica: Option<Backend>,
 }
 
 fn answer(item: Item, resp: Response) {
@@ -56,7 +55,7 @@ fn answer(item: Item, resp: Response) {
 /// A replica as the router sees it.
 pub(crate) struct Replica {
     pub id: String,
-    pub handle: ActorHandle<ReplicaActor>,
+    pub backend: Backend,
     queue: Mutex<BinaryHeap<Item>>,
     wake: Notify,
     pub inflight: AtomicUsize,
@@ -71,10 +70,10 @@ pub(crate) struct Replica {
 }
 
 impl Replica {
-    pub fn new(id: String, handle: ActorHandle<ReplicaActor>) -> Self {
+    pub fn new(id: String, backend: Backend) -> Self {
         Replica {
             id,
-            handle,
+            backend,
             queue: Mutex::new(BinaryHeap::new()),
             wake: Notify::new(),
             inflight: AtomicUsize::new(0),
@@ -350,7 +349,7 @@ impl DeploymentRouter {
     async fn run_batch(self: Arc<Self>, r: Arc<Replica>, batch: Vec<Item>) {
         let n = batch.len();
         let reqs: Vec<Request> = batch.iter().map(|i| i.req.clone()).collect();
-        let reply = r.handle.handle(reqs).await;
+        let reply = r.backend.handle(reqs).await;
         r.inflight.fetch_sub(n, Ordering::Relaxed);
         r.wake.notify_one();
         match reply {
@@ -359,7 +358,7 @@ impl DeploymentRouter {
                 match result {
                     Ok(resps) => {
                         for (it, resp) in batch.into_iter().zip(resps) {
-                            let replica = resp.header(crate::stream::STREAM_HEADER).map(|_| r.handle.clone());
+                            let replica = resp.header(crate::stream::STREAM_HEADER).map(|_| r.backend.clone());
                             let _ = it.tx.send(Answer { resp, replica });
                         }
                     }
@@ -370,9 +369,9 @@ impl DeploymentRouter {
                     }
                 }
             }
-            Err(e) if matches!(e.kind(), ErrorKind::ActorDied | ErrorKind::WorkerDied | ErrorKind::ActorRestarting) => {
+            Err(e) if e.died => {
                 if !r.dead.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(deployment = %self.name, replica = %r.id, "replica died: {e}");
+                    tracing::warn!(deployment = %self.name, replica = %r.id, "replica died: {}", e.message);
                 }
                 self.changed.notify_one();
                 r.wake.notify_one();
@@ -391,7 +390,7 @@ impl DeploymentRouter {
             }
             Err(e) => {
                 for it in batch {
-                    answer(it, Response::error(500, &format!("deployment '{}': {e}", self.name)));
+                    answer(it, Response::error(500, &format!("deployment '{}': {}", self.name, e.message)));
                 }
             }
         }

@@ -547,3 +547,25 @@ fn streamed_responses_arrive_chunk_by_chunk_and_stop_when_the_client_goes() {
     assert!(eventually(Duration::from_secs(20), || marker.exists()), "the producer kept running after the client left");
     let _ = std::fs::remove_file(&marker);
 }
+
+#[test]
+fn in_process_replicas_run_in_the_proxy_process_and_batch_the_same_way() {
+    let d = echo("local", EchoConfig::default()).in_process().num_replicas(2).max_batch_size(4, Duration::from_millis(200));
+    let s = start("/", d, ServeOptions::default());
+    let rs = burst(&s, 4, "/", b"x");
+    for r in &rs {
+        let v = json(r);
+        assert_eq!(v["pid"], std::process::id(), "an in-process replica ran elsewhere");
+    }
+    assert!(rs.iter().any(|r| json(r)["batch_size"].as_u64().unwrap() >= 2));
+    assert_eq!(running(&s), vec![std::process::id(); 2]);
+    let r = post(&s, "/", &[], b"panic");
+    assert_eq!(r.status, 500);
+    assert!(r.text().contains("asked to panic"));
+    assert_eq!(json(&post(&s, "/", &[], b"ok"))["body"], "ok");
+    let bad = flare_serve::run(
+        [Application::new("/", echo("gpu", EchoConfig::default()).in_process().num_gpus(1.0))],
+        ServeOptions { port: 0, ..Default::default() },
+    );
+    assert!(bad.err().unwrap().to_string().contains("in_process replicas take no scheduler resources"));
+}
