@@ -91,10 +91,10 @@ print(f"| {name} | {c} | {float(rps.group(1)) if rps else float('nan'):,.0f} | {
 PY
 }
 
-part="${PART:-all}"  # all, noop, batched or embed
+part="${PART:-all}"  # all, noop, flare-noop (no Ray rows), batched or embed
 echo "| server | concurrency | req/s | p50 ms | p99 ms | non-2xx / socket errors |"
 echo "|---|---|---|---|---|---|"
-if [ "$part" = all ] || [ "$part" = noop ]; then
+if [ "$part" = all ] || [ "$part" = noop ] || [ "$part" = flare-noop ]; then
 start "$bin/serve_noop" --port "$port" --bare
 for c in 1 16 64; do load "bare axum (same JSON)" "$c" "$tmp/noop.lua"; done
 stop
@@ -104,6 +104,8 @@ stop
 start "$bin/serve_noop" --port "$port" --in-process
 for c in 1 16 64; do load "Flare no-op (in_process replica)" "$c" "$tmp/noop.lua"; done
 stop
+fi
+if [ "$part" = all ] || [ "$part" = noop ]; then
 start "$venv/bin/python" benches/ray_serve_app.py "$port" noop
 for c in 1 16 64; do load "Ray Serve no-op (defaults)" "$c" "$tmp/noop.lua"; done
 stop ray

@@ -258,8 +258,8 @@ async fn forward(s: &ProxyState, route: &Route, req: axum::extract::Request) -> 
         body,
         model_id,
     };
-    let rx = route.controller.router.submit(request, priority);
-    match tokio::time::timeout(s.opts.request_timeout, rx).await {
+    let router = route.controller.router.clone();
+    match tokio::time::timeout(s.opts.request_timeout, async move { router.submit(request, priority).await.await }).await {
         Ok(Ok(resp)) => (resp, true),
         Ok(Err(_)) => (plain(Response::error(500, "the request was dropped without an answer")), true),
         Err(_) => (

@@ -206,10 +206,8 @@ impl Backend {
     pub async fn handle(&self, batch: Vec<Request>) -> Result<BatchReply, CallError> {
         match self {
             Backend::Actor(h) => h.handle(batch).await.map_err(actor_error),
-            Backend::Local(r) => {
-                let r = r.clone();
-                local(move || r.handle(batch)).await
-            }
+            // On this worker thread (its other tasks move to another): no thread hop.
+            Backend::Local(r) => Ok(tokio::task::block_in_place(|| r.handle(batch))),
         }
     }
 

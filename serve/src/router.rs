@@ -161,7 +161,7 @@ impl DeploymentRouter {
     }
 
     /// Accepts a request: the receiver gets its response. A full deployment answers 503 at once.
-    pub fn submit(self: &Arc<Self>, req: Request, priority: i64) -> oneshot::Receiver<Answer> {
+    pub async fn submit(self: &Arc<Self>, req: Request, priority: i64) -> oneshot::Receiver<Answer> {
         let (tx, rx) = oneshot::channel();
         let item =
             Item { req, tx, priority, seq: self.seq.fetch_add(1, Ordering::Relaxed), enqueued: Instant::now(), attempts: 0 };
@@ -180,23 +180,43 @@ impl DeploymentRouter {
             );
             return rx;
         }
+        // Without batching, a request for a replica with an empty queue and a free slot runs at
+        // once in this task (no queue, no batcher hop).
+        if self.opts.batching.max_batch_size == 1 && item.req.model_id.is_none() {
+            if let Some(r) = self.pick_live(None) {
+                let limit = self.opts.max_ongoing_requests;
+                if r.queued() == 0 {
+                    if r.inflight.fetch_add(1, Ordering::Relaxed) < limit {
+                        r.batches.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.batch(&self.name, 1);
+                        self.clone().run_batch(r, vec![item]).await;
+                        return rx;
+                    }
+                    r.inflight.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
         self.assign(item);
         rx
     }
 
+    /// The replica a request would go to (power of two choices over the accepting ones,
+    /// preferring those that hold `model`).
+    fn pick_live(&self, model: Option<&str>) -> Option<Arc<Replica>> {
+        let reps = self.replicas.read().unwrap_or_else(|p| p.into_inner());
+        let live: Vec<&Arc<Replica>> =
+            reps.iter().filter(|r| r.accepting.load(Ordering::Relaxed) && !r.dead.load(Ordering::Relaxed)).collect();
+        let with_model: Vec<&Arc<Replica>> = match model {
+            Some(m) => live.iter().copied().filter(|r| r.has_model(m)).collect(),
+            None => Vec::new(),
+        };
+        let pool = if with_model.is_empty() { live } else { with_model };
+        self.pick(&pool).cloned()
+    }
+
     /// Puts an accepted request in a replica's queue (or `pending` when none accepts).
     fn assign(&self, item: Item) {
-        let chosen = {
-            let reps = self.replicas.read().unwrap_or_else(|p| p.into_inner());
-            let live: Vec<&Arc<Replica>> =
-                reps.iter().filter(|r| r.accepting.load(Ordering::Relaxed) && !r.dead.load(Ordering::Relaxed)).collect();
-            let with_model: Vec<&Arc<Replica>> = match &item.req.model_id {
-                Some(m) => live.iter().copied().filter(|r| r.has_model(m)).collect(),
-                None => Vec::new(),
-            };
-            let pool = if with_model.is_empty() { live } else { with_model };
-            self.pick(&pool).cloned()
-        };
+        let chosen = self.pick_live(item.req.model_id.as_deref());
         self.queued.fetch_add(1, Ordering::Relaxed);
         match chosen {
             Some(r) => {
@@ -349,9 +369,17 @@ impl DeploymentRouter {
     async fn run_batch(self: Arc<Self>, r: Arc<Replica>, batch: Vec<Item>) {
         let n = batch.len();
         let reqs: Vec<Request> = batch.iter().map(|i| i.req.clone()).collect();
+        // Frees the batch's slots even when this future is dropped (a timed-out direct call).
+        struct Slots(Arc<Replica>, usize);
+        impl Drop for Slots {
+            fn drop(&mut self) {
+                self.0.inflight.fetch_sub(self.1, Ordering::Relaxed);
+                self.0.wake.notify_one();
+            }
+        }
+        let slots = Slots(r.clone(), n);
         let reply = r.backend.handle(reqs).await;
-        r.inflight.fetch_sub(n, Ordering::Relaxed);
-        r.wake.notify_one();
+        drop(slots);
         match reply {
             Ok(BatchReply { result, models }) => {
                 *r.models.lock().unwrap_or_else(|p| p.into_inner()) = models;

