@@ -137,14 +137,7 @@ pub fn run(apps: impl IntoIterator<Item = Application>, opts: ServeOptions) -> R
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let app = proxy::router(state.clone());
-    let server = rt.spawn(async move {
-        let r = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = stop_rx.await;
-        });
-        if let Err(e) = r.await {
-            tracing::error!("the Serve proxy failed: {e}");
-        }
-    });
+    let server = rt.spawn(proxy::serve_connections(listener, app, opts.header_read_timeout, stop_rx));
     let serve = Serve {
         rt: Some(rt),
         state,

@@ -64,13 +64,25 @@ impl Metrics {
 
     pub fn request(&self, route: &str, status: u16, seconds: f64) {
         self.with(|m| {
-            *m.requests.entry((route.to_string(), status)).or_default() += 1;
-            m.latency.entry(route.to_string()).or_default().observe(&LATENCY_BUCKETS, seconds);
+            // Keys are allocated once per route and status, not per request.
+            match m.requests.iter_mut().find(|((r, s), _)| *s == status && r == route) {
+                Some((_, n)) => *n += 1,
+                None => {
+                    m.requests.insert((route.to_string(), status), 1);
+                }
+            }
+            match m.latency.get_mut(route) {
+                Some(h) => h.observe(&LATENCY_BUCKETS, seconds),
+                None => m.latency.entry(route.to_string()).or_default().observe(&LATENCY_BUCKETS, seconds),
+            }
         })
     }
 
     pub fn batch(&self, deployment: &str, size: usize) {
-        self.with(|m| m.batches.entry(deployment.to_string()).or_default().observe(&BATCH_BUCKETS, size as f64))
+        self.with(|m| match m.batches.get_mut(deployment) {
+            Some(h) => h.observe(&BATCH_BUCKETS, size as f64),
+            None => m.batches.entry(deployment.to_string()).or_default().observe(&BATCH_BUCKETS, size as f64),
+        })
     }
 
     pub fn rejected(&self, deployment: &str) {

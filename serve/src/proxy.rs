@@ -26,6 +26,9 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     /// How long shutdown waits for accepted requests to finish.
     pub graceful_shutdown_timeout: Duration,
+    /// How long a client may take to send a request's headers; an idle keep-alive connection
+    /// is closed after it too.
+    pub header_read_timeout: Duration,
     /// Serves the REST config API (`GET/PUT/DELETE /api/serve/applications/`) to callers
     /// presenting this bearer token; off when `None`.
     pub admin_token: Option<String>,
@@ -40,6 +43,7 @@ impl Default for ServeOptions {
             max_body_bytes: 16 << 20,
             graceful_shutdown_timeout: Duration::from_secs(30),
             admin_token: None,
+            header_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -95,6 +99,47 @@ fn with_body(status: u16, headers: Vec<(String, String)>, body: Body) -> axum::r
         }
     }
     out
+}
+
+/// Accepts connections until `stop`, then lets the open ones finish their requests (HTTP/1.1
+/// and HTTP/2 by prior knowledge on one port; slow headers are cut off).
+pub(crate) async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    header_read_timeout: Duration,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout).keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(20)));
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait instead of spinning.
+                        tracing::warn!("the proxy could not accept a connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = &mut stop => break,
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 pub(crate) fn router(state: Arc<ProxyState>) -> axum::Router {
@@ -235,10 +280,15 @@ async fn forward(s: &ProxyState, route: &Route, req: axum::extract::Request) -> 
         }
     }
     let (parts, body) = req.into_parts();
-    let body = match http_body_util::Limited::new(body, max).collect().await {
-        Ok(b) => b.to_bytes().to_vec(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return (plain(too_large()), true),
-        Err(e) => return (plain(Response::error(400, &format!("reading the request body failed: {e}"))), true),
+    // The body is bounded in time too (a client that sends it slowly gets 408).
+    let body = match tokio::time::timeout(s.opts.request_timeout, http_body_util::Limited::new(body, max).collect()).await {
+        Ok(Ok(b)) => b.to_bytes().to_vec(),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return (plain(too_large()), true),
+        Ok(Err(e)) => return (plain(Response::error(400, &format!("reading the request body failed: {e}"))), true),
+        Err(_) => {
+            let t = s.opts.request_timeout.as_secs_f64();
+            return (plain(Response::error(408, &format!("the request body did not arrive within {t:.1} s"))), true);
+        }
     };
     let path = parts.uri.path();
     let sub = if route.prefix == "/" { path } else { &path[route.prefix.len()..] };

@@ -569,3 +569,32 @@ fn in_process_replicas_run_in_the_proxy_process_and_batch_the_same_way() {
     );
     assert!(bad.err().unwrap().to_string().contains("in_process replicas take no scheduler resources"));
 }
+
+#[test]
+fn slow_clients_are_cut_off_in_the_headers_and_in_the_body() {
+    use std::io::{Read, Write};
+    let opts = ServeOptions {
+        header_read_timeout: Duration::from_millis(500),
+        request_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let s = start("/", echo("slowloris", EchoConfig::default()), opts);
+    // Headers that never finish: the connection is closed.
+    let mut raw = std::net::TcpStream::connect(s.addr()).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    raw.write_all(b"POST / HTTP/1.1\r\nhost: x\r\n").unwrap();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 1024];
+    let n = raw.read(&mut buf).unwrap_or(0);
+    assert!(t0.elapsed() < Duration::from_secs(5), "the half-sent headers were kept {:?}", t0.elapsed());
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+    // A body that never arrives: 408.
+    let mut raw = std::net::TcpStream::connect(s.addr()).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    raw.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nonly ten b").unwrap();
+    let n = raw.read(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("did not arrive within 1.0 s"), "{text}");
+}
