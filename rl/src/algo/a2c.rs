@@ -26,6 +26,11 @@ pub struct A2cConfig {
     pub vf_coef: f32,
     pub max_grad_norm: f32,
     pub stop_when_solved: bool,
+    /// Where the run writes its checkpoint (PPO's format: actor, critic, step;
+    /// `ppo::load_checkpoint` reads it).
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// A checkpoint to continue from, at its step.
+    pub resume_from: Option<std::path::PathBuf>,
 }
 
 impl Default for A2cConfig {
@@ -43,6 +48,8 @@ impl Default for A2cConfig {
             vf_coef: 0.5,
             max_grad_norm: 0.5,
             stop_when_solved: true,
+            checkpoint_dir: None,
+            resume_from: None,
         }
     }
 }
@@ -80,7 +87,7 @@ fn as_ppo(cfg: &A2cConfig) -> PpoConfig {
         norm_adv: false,
         hidden: 64,
         stop_when_solved: cfg.stop_when_solved,
-        checkpoint_dir: None,
-        resume_from: None,
+        checkpoint_dir: cfg.checkpoint_dir.clone(),
+        resume_from: cfg.resume_from.clone(),
     }
 }

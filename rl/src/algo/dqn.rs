@@ -29,6 +29,11 @@ pub struct DqnConfig {
     pub hidden: usize,
     pub max_grad_norm: f32,
     pub stop_when_solved: bool,
+    /// Where the run writes its checkpoint at the end (Q-network, target network, step).
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// A checkpoint to continue from: its networks, and the step (so the epsilon schedule goes
+    /// on where it stopped). The replay buffer starts empty; learning waits for a batch.
+    pub resume_from: Option<std::path::PathBuf>,
 }
 
 impl Default for DqnConfig {
@@ -51,6 +56,8 @@ impl Default for DqnConfig {
             hidden: 120,
             max_grad_norm: 10.0,
             stop_when_solved: true,
+            checkpoint_dir: None,
+            resume_from: None,
         }
     }
 }
@@ -112,14 +119,14 @@ pub fn train_distributed(cfg: &DqnConfig, num_runners: usize, mut progress: impl
     let runners = crate::runner::spawn_runners(&cfg.env_id, 1, cfg.seed, num_runners.max(1))?;
     let mut rng = Rng::new(cfg.seed);
     let (mut q, mut target, mut opt) = networks(cfg, obs_dim, n_actions, &mut rng);
+    let mut step = resume(cfg, &mut q, &mut target)?;
     let mut buffer: VecDeque<Transition> = VecDeque::with_capacity(cfg.buffer_size);
     let mut recent = super::Recent::default();
     let explore_steps = (cfg.exploration_fraction * cfg.total_env_steps as f64).max(1.0);
     let chunk = (cfg.train_frequency * 10).max(1);
-    let mut step = 0u64;
-    let mut learned_at = cfg.learning_starts;
-    let mut synced_at = 0u64;
-    let mut reported_at = 0u64;
+    let mut learned_at = cfg.learning_starts.max(step);
+    let mut synced_at = step;
+    let mut reported_at = step;
     while step < cfg.total_env_steps {
         let eps = cfg.start_e + (cfg.end_e - cfg.start_e) * (step as f64 / explore_steps).min(1.0);
         let weights = flare_core::put(&q).map_err(runtime)?;
@@ -142,7 +149,9 @@ pub fn train_distributed(cfg: &DqnConfig, num_runners: usize, mut progress: impl
         }
         while step > cfg.learning_starts && learned_at + cfg.train_frequency <= step {
             learned_at += cfg.train_frequency;
-            learn(cfg, &mut q, &target, &mut opt, &buffer, &mut rng);
+            if buffer.len() >= cfg.batch_size {
+                learn(cfg, &mut q, &target, &mut opt, &buffer, &mut rng);
+            }
         }
         if step >= synced_at + cfg.target_network_frequency {
             synced_at = step - step % cfg.target_network_frequency;
@@ -156,6 +165,7 @@ pub fn train_distributed(cfg: &DqnConfig, num_runners: usize, mut progress: impl
             }
         }
     }
+    save(cfg, &q, &target, step)?;
     Ok((recent.summary(threshold, step, t0), q))
 }
 
@@ -168,12 +178,12 @@ pub fn train(cfg: &DqnConfig, mut progress: impl FnMut(u64, f64)) -> Result<(Sum
     let threshold = env.reward_threshold().unwrap_or(f64::INFINITY);
     let mut rng = Rng::new(cfg.seed);
     let (mut q, mut target, mut opt) = networks(cfg, obs_dim, n_actions, &mut rng);
+    let mut step = resume(cfg, &mut q, &mut target)?;
     let mut buffer: VecDeque<Transition> = VecDeque::with_capacity(cfg.buffer_size);
     let mut recent = super::Recent::default();
     let (mut obs, _) = env.reset(Some(cfg.seed));
     let mut ep_ret = 0.0f64;
     let explore_steps = (cfg.exploration_fraction * cfg.total_env_steps as f64).max(1.0);
-    let mut step = 0u64;
     while step < cfg.total_env_steps {
         let eps = cfg.start_e + (cfg.end_e - cfg.start_e) * (step as f64 / explore_steps).min(1.0);
         let a = if rng.next_f64() < eps { rng.below(n_actions as u64) as usize } else { argmax(&q.forward(&obs).0) };
@@ -196,7 +206,7 @@ pub fn train(cfg: &DqnConfig, mut progress: impl FnMut(u64, f64)) -> Result<(Sum
             ep_ret = 0.0;
             obs = env.reset(None).0;
         }
-        if step > cfg.learning_starts && step % cfg.train_frequency == 0 {
+        if step > cfg.learning_starts && step % cfg.train_frequency == 0 && buffer.len() >= cfg.batch_size {
             learn(cfg, &mut q, &target, &mut opt, &buffer, &mut rng);
         }
         if step % cfg.target_network_frequency == 0 {
@@ -209,5 +219,59 @@ pub fn train(cfg: &DqnConfig, mut progress: impl FnMut(u64, f64)) -> Result<(Sum
             }
         }
     }
+    save(cfg, &q, &target, step)?;
     Ok((recent.summary(threshold, step, t0), q))
+}
+
+/// Loads `cfg.resume_from` into the networks; the step to go on from (0 without one).
+fn resume(cfg: &DqnConfig, q: &mut Mlp, target: &mut Mlp) -> Result<u64> {
+    let Some(dir) = &cfg.resume_from else { return Ok(0) };
+    let (lq, lt, step) = load_checkpoint(dir)?;
+    if lq.sizes != q.sizes || lt.sizes != target.sizes {
+        return Err(crate::Error::Learner(format!(
+            "the checkpoint in {} has a Q-network {:?}, this run builds {:?}",
+            dir.display(),
+            lq.sizes,
+            q.sizes
+        )));
+    }
+    *q = lq;
+    *target = lt;
+    Ok(step)
+}
+
+fn save(cfg: &DqnConfig, q: &Mlp, target: &Mlp, step: u64) -> Result<()> {
+    match &cfg.checkpoint_dir {
+        Some(dir) => save_checkpoint(dir, q, target, step),
+        None => Ok(()),
+    }
+}
+
+/// Writes a DQN checkpoint: `model.safetensors` (`q`, `target`) and `metadata.json`.
+pub fn save_checkpoint(dir: &std::path::Path, q: &Mlp, target: &Mlp, env_steps: u64) -> Result<()> {
+    let io = |e: std::io::Error| crate::Error::Learner(format!("writing the checkpoint in {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    crate::nn::save_safetensors(&dir.join("model.safetensors"), &[("q", q), ("target", target)])?;
+    std::fs::write(dir.join("metadata.json"), serde_json::json!({"algo": "dqn", "step": env_steps}).to_string()).map_err(io)
+}
+
+/// Reads a checkpoint written by [`save_checkpoint`]: Q-network, target network, step.
+pub fn load_checkpoint(dir: &std::path::Path) -> Result<(Mlp, Mlp, u64)> {
+    let text = std::fs::read_to_string(dir.join("metadata.json"))
+        .map_err(|e| crate::Error::Learner(format!("{} is not a DQN checkpoint: {e}", dir.display())))?;
+    let meta: serde_json::Value = serde_json::from_str(&text).map_err(|e| crate::Error::Learner(e.to_string()))?;
+    if meta["algo"] != "dqn" {
+        return Err(crate::Error::Learner(format!("{} holds a {} checkpoint, not a DQN one", dir.display(), meta["algo"])));
+    }
+    let model = dir.join("model.safetensors");
+    Ok((
+        crate::nn::load_safetensors(&model, "q")?,
+        crate::nn::load_safetensors(&model, "target")?,
+        meta["step"].as_u64().unwrap_or(0),
+    ))
+}
+
+/// Mean return of `episodes` greedy episodes (the action with the highest Q-value).
+pub fn evaluate(q: &Mlp, env_id: &str, episodes: u32, seed: u64) -> Result<f64> {
+    super::ppo::evaluate(q, env_id, episodes, seed)
 }
