@@ -249,26 +249,14 @@ fn save(cfg: &DqnConfig, q: &Mlp, target: &Mlp, step: u64) -> Result<()> {
 
 /// Writes a DQN checkpoint: `model.safetensors` (`q`, `target`) and `metadata.json`.
 pub fn save_checkpoint(dir: &std::path::Path, q: &Mlp, target: &Mlp, env_steps: u64) -> Result<()> {
-    let io = |e: std::io::Error| crate::Error::Learner(format!("writing the checkpoint in {}: {e}", dir.display()));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    crate::nn::save_safetensors(&dir.join("model.safetensors"), &[("q", q), ("target", target)])?;
-    std::fs::write(dir.join("metadata.json"), serde_json::json!({"algo": "dqn", "step": env_steps}).to_string()).map_err(io)
+    super::save_networks(dir, "dqn", &[("q", q), ("target", target)], env_steps)
 }
 
 /// Reads a checkpoint written by [`save_checkpoint`]: Q-network, target network, step.
 pub fn load_checkpoint(dir: &std::path::Path) -> Result<(Mlp, Mlp, u64)> {
-    let text = std::fs::read_to_string(dir.join("metadata.json"))
-        .map_err(|e| crate::Error::Learner(format!("{} is not a DQN checkpoint: {e}", dir.display())))?;
-    let meta: serde_json::Value = serde_json::from_str(&text).map_err(|e| crate::Error::Learner(e.to_string()))?;
-    if meta["algo"] != "dqn" {
-        return Err(crate::Error::Learner(format!("{} holds a {} checkpoint, not a DQN one", dir.display(), meta["algo"])));
-    }
-    let model = dir.join("model.safetensors");
-    Ok((
-        crate::nn::load_safetensors(&model, "q")?,
-        crate::nn::load_safetensors(&model, "target")?,
-        meta["step"].as_u64().unwrap_or(0),
-    ))
+    let (nets, step) = super::load_networks(dir, "dqn", &["q", "target"])?;
+    let [q, target]: [Mlp; 2] = nets.try_into().map_err(|_| crate::Error::Learner("a checkpoint with other networks".into()))?;
+    Ok((q, target, step))
 }
 
 /// Mean return of `episodes` greedy episodes (the action with the highest Q-value).

@@ -75,3 +75,26 @@ pub(crate) fn discrete_actions(env: &dyn crate::env::Env, algo: &str) -> crate::
         }),
     }
 }
+
+/// Writes a checkpoint of hand-written networks: `model.safetensors` with `nets` by name and
+/// `metadata.json` (`{"algo", "step"}`).
+pub(crate) fn save_networks(dir: &std::path::Path, algo: &str, nets: &[(&str, &crate::nn::Mlp)], step: u64) -> crate::Result<()> {
+    let io = |e: std::io::Error| crate::Error::Learner(format!("writing the checkpoint in {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    crate::nn::save_safetensors(&dir.join("model.safetensors"), nets)?;
+    std::fs::write(dir.join("metadata.json"), serde_json::json!({"algo": algo, "step": step}).to_string()).map_err(io)
+}
+
+/// Reads the networks `names` of an `algo` checkpoint written by [`save_networks`], and its step.
+pub(crate) fn load_networks(dir: &std::path::Path, algo: &str, names: &[&str]) -> crate::Result<(Vec<crate::nn::Mlp>, u64)> {
+    let upper = algo.to_uppercase();
+    let text = std::fs::read_to_string(dir.join("metadata.json"))
+        .map_err(|e| crate::Error::Learner(format!("{} is not a {upper} checkpoint: {e}", dir.display())))?;
+    let meta: serde_json::Value = serde_json::from_str(&text).map_err(|e| crate::Error::Learner(e.to_string()))?;
+    if meta["algo"] != algo {
+        return Err(crate::Error::Learner(format!("{} holds a {} checkpoint, not a {upper} one", dir.display(), meta["algo"])));
+    }
+    let model = dir.join("model.safetensors");
+    let nets = names.iter().map(|n| crate::nn::load_safetensors(&model, n)).collect::<crate::Result<Vec<_>>>()?;
+    Ok((nets, meta["step"].as_u64().unwrap_or(0)))
+}

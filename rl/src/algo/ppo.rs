@@ -257,23 +257,15 @@ pub(crate) fn run(cfg: &PpoConfig, mut source: Source, mut progress: impl FnMut(
 
 /// Writes a PPO checkpoint: `model.safetensors` (`actor`, `critic`) and `metadata.json`.
 pub fn save_checkpoint(dir: &std::path::Path, actor: &Mlp, critic: &Mlp, env_steps: u64) -> Result<()> {
-    let io = |e: std::io::Error| crate::Error::Learner(format!("writing the checkpoint in {}: {e}", dir.display()));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    crate::nn::save_safetensors(&dir.join("model.safetensors"), &[("actor", actor), ("critic", critic)])?;
-    std::fs::write(dir.join("metadata.json"), serde_json::json!({"algo": "ppo", "step": env_steps}).to_string()).map_err(io)
+    super::save_networks(dir, "ppo", &[("actor", actor), ("critic", critic)], env_steps)
 }
 
 /// Reads a checkpoint written by [`save_checkpoint`]: actor, critic and step count.
 pub fn load_checkpoint(dir: &std::path::Path) -> Result<(Mlp, Mlp, u64)> {
-    let text = std::fs::read_to_string(dir.join("metadata.json"))
-        .map_err(|e| crate::Error::Learner(format!("{} is not a PPO checkpoint: {e}", dir.display())))?;
-    let meta: serde_json::Value = serde_json::from_str(&text).map_err(|e| crate::Error::Learner(e.to_string()))?;
-    let model = dir.join("model.safetensors");
-    Ok((
-        crate::nn::load_safetensors(&model, "actor")?,
-        crate::nn::load_safetensors(&model, "critic")?,
-        meta["step"].as_u64().unwrap_or(0),
-    ))
+    let (nets, step) = super::load_networks(dir, "ppo", &["actor", "critic"])?;
+    let [actor, critic]: [Mlp; 2] =
+        nets.try_into().map_err(|_| crate::Error::Learner("a checkpoint with other networks".into()))?;
+    Ok((actor, critic, step))
 }
 
 /// Mean return of `episodes` episodes acting greedily (the most likely action), seeds
