@@ -598,3 +598,32 @@ fn slow_clients_are_cut_off_in_the_headers_and_in_the_body() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("did not arrive within 1.0 s"), "{text}");
 }
+
+#[test]
+fn the_proxy_speaks_http2_by_prior_knowledge_on_the_same_port() {
+    use http_body_util::BodyExt;
+    let s = start("/", echo("h2", EchoConfig::default()), ServeOptions::default());
+    let addr = s.addr();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (version, status, body) = rt.block_on(async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::post(format!("http://{addr}/over/h2"))
+            .body(http_body_util::Full::new(axum::body::Bytes::from_static(b"hello")))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let (version, status) = (resp.version(), resp.status().as_u16());
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (version, status, body)
+    });
+    assert_eq!(version, hyper::Version::HTTP_2);
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((v["path"].as_str(), v["body"].as_str()), (Some("/over/h2"), Some("hello")));
+    // HTTP/1.1 on the same port.
+    assert_eq!(json(&post(&s, "/x", &[], b"one"))["body"], "one");
+}
