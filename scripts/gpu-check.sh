@@ -13,6 +13,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=target/gpu-check
 
+# Copies the test executable of target NAME from cargo's JSON messages on stdin to bin/DEST.
+copy_test_bin() {
+    python3 -c '
+import json, shutil, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
+        shutil.copy(m["executable"], sys.argv[2])
+' "$1" "$dir/bin/$2"
+}
+
 prepare() {
     rm -rf "$dir" && mkdir -p "$dir/bin"
     cargo build --release -q -p flare-cli
@@ -29,32 +40,11 @@ for line in sys.stdin:
             shutil.copy(m["executable"], "'"$dir"'/bin/test-" + name)
 '
     if [ "${FLARE_GPU_CHECK_CUDA:-0}" = 1 ]; then
-        scripts/build-cuda.sh test-bin -q -p flare-collectives --test nccl --message-format=json 2>/dev/null |
-            python3 -c '
-import json, shutil, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "nccl":
-        shutil.copy(m["executable"], "'"$dir"'/bin/test-nccl-cuda")
-'
+        scripts/build-cuda.sh test-bin -q -p flare-collectives --test nccl --message-format=json 2>/dev/null | copy_test_bin nccl test-nccl-cuda
         # Training on CUDA through the Trainer, checked against torch and the CPU run.
-        scripts/build-cuda.sh test-bin -q -p flare-train --test gpu --message-format=json 2>/dev/null |
-            python3 -c '
-import json, shutil, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu":
-        shutil.copy(m["executable"], "'"$dir"'/bin/test-train-cuda")
-'
+        scripts/build-cuda.sh test-bin -q -p flare-train --test gpu --message-format=json 2>/dev/null | copy_test_bin gpu test-train-cuda
         # SAC's candle learner on CUDA (the same test as on the CPU; the device is picked at run time).
-        scripts/build-cuda.sh test-bin -q -p flare-rl --test sac --message-format=json 2>/dev/null |
-            python3 -c '
-import json, shutil, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "sac":
-        shutil.copy(m["executable"], "'"$dir"'/bin/test-sac-cuda")
-'
+        scripts/build-cuda.sh test-bin -q -p flare-rl --test sac --message-format=json 2>/dev/null | copy_test_bin sac test-sac-cuda
     fi
     # The machine has no ../shared: the training oracle travels in the bundle.
     oracle=../shared/oracles/train

@@ -72,8 +72,8 @@ fn lost(id: ObjectId) -> TaskError {
 
 fn catch<T>(f: impl FnOnce() -> Result<T, TaskError>) -> Result<T, TaskError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
-        let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
-        Err(TaskError::new(ErrorKind::UserPanic, msg.unwrap_or_else(|| "panicked".into())))
+        let msg = crate::util::panic_message(&*p);
+        Err(TaskError::new(ErrorKind::UserPanic, if msg.is_empty() { "panicked".into() } else { msg }))
     })
 }
 

@@ -24,6 +24,33 @@ pub enum ReplicaState {
     Stopping,
 }
 
+impl ReplicaState {
+    pub const ALL: [ReplicaState; 4] =
+        [ReplicaState::Starting, ReplicaState::Running, ReplicaState::Draining, ReplicaState::Stopping];
+
+    /// The name in status reports and metrics (as serialized).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicaState::Starting => "STARTING",
+            ReplicaState::Running => "RUNNING",
+            ReplicaState::Draining => "DRAINING",
+            ReplicaState::Stopping => "STOPPING",
+        }
+    }
+}
+
+/// An application's status from its deployments': UNHEALTHY when one is, RUNNING when all are
+/// healthy, DEPLOYING otherwise.
+pub(crate) fn application_status(deployments: &[DeploymentStatus]) -> &'static str {
+    if deployments.iter().any(|d| d.status == "UNHEALTHY") {
+        "UNHEALTHY"
+    } else if deployments.iter().all(|d| d.status == "HEALTHY") {
+        "RUNNING"
+    } else {
+        "DEPLOYING"
+    }
+}
+
 /// A replica in a status report.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReplicaStatus {

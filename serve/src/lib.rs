@@ -198,8 +198,11 @@ impl Serve {
             let task = self.rt().spawn(controller.clone().run(stop_rx));
             controllers.push((controller, stop, task));
         }
-        let route =
-            Arc::new(Route { prefix: app.route_prefix.clone(), app: app.name.clone(), controller: controllers[0].0.clone() });
+        let route = Arc::new(Route {
+            prefix: app.route_prefix.clone(),
+            app: app.name.clone(),
+            controllers: controllers.iter().map(|c| c.0.clone()).collect(),
+        });
         self.state.routes.write().unwrap_or_else(|p| p.into_inner()).push(route.clone());
         self.apps.lock().unwrap_or_else(|p| p.into_inner()).push(Running { route, controllers, directories });
         Ok(())
@@ -231,18 +234,11 @@ impl Serve {
             applications: apps
                 .iter()
                 .map(|r| {
-                    let deployments: Vec<DeploymentStatus> = r.controllers.iter().map(|(c, _, _)| c.status()).collect();
-                    let status = if deployments.iter().any(|d| d.status == "UNHEALTHY") {
-                        "UNHEALTHY"
-                    } else if deployments.iter().all(|d| d.status == "HEALTHY") {
-                        "RUNNING"
-                    } else {
-                        "DEPLOYING"
-                    };
+                    let deployments = r.route.statuses();
                     ApplicationStatus {
                         name: r.route.app.clone(),
                         route_prefix: r.route.prefix.clone(),
-                        status: status.into(),
+                        status: controller::application_status(&deployments).into(),
                         deployments,
                     }
                 })

@@ -41,7 +41,8 @@ impl Histogram {
 
 #[derive(Default)]
 struct Inner {
-    requests: BTreeMap<(String, u16), u64>,
+    /// Requests by route, then status.
+    requests: BTreeMap<String, BTreeMap<u16, u64>>,
     latency: BTreeMap<String, Histogram>,
     batches: BTreeMap<String, Histogram>,
     rejected: BTreeMap<String, u64>,
@@ -64,11 +65,11 @@ impl Metrics {
 
     pub fn request(&self, route: &str, status: u16, seconds: f64) {
         self.with(|m| {
-            // Keys are allocated once per route and status, not per request.
-            match m.requests.iter_mut().find(|((r, s), _)| *s == status && r == route) {
-                Some((_, n)) => *n += 1,
+            // Route keys are allocated once per route, not per request.
+            match m.requests.get_mut(route) {
+                Some(by_status) => *by_status.entry(status).or_default() += 1,
                 None => {
-                    m.requests.insert((route.to_string(), status), 1);
+                    m.requests.insert(route.to_string(), BTreeMap::from([(status, 1)]));
                 }
             }
             match m.latency.get_mut(route) {
@@ -94,8 +95,10 @@ impl Metrics {
         self.with(|m| {
             out.push_str("# HELP flare_serve_requests_total HTTP requests by route prefix and status code.\n");
             out.push_str("# TYPE flare_serve_requests_total counter\n");
-            for ((route, status), n) in &m.requests {
-                let _ = writeln!(out, "flare_serve_requests_total{{route=\"{}\",status=\"{status}\"}} {n}", label(route));
+            for (route, by_status) in &m.requests {
+                for (status, n) in by_status {
+                    let _ = writeln!(out, "flare_serve_requests_total{{route=\"{}\",status=\"{status}\"}} {n}", label(route));
+                }
             }
             out.push_str("# HELP flare_serve_request_latency_seconds Time from a request's arrival to its response.\n");
             out.push_str("# TYPE flare_serve_request_latency_seconds histogram\n");

@@ -48,11 +48,22 @@ impl Default for ServeOptions {
     }
 }
 
-/// A served application: its route prefix and ingress deployment's controller.
+/// A served application: its route prefix and its deployments' controllers (the ingress first).
 pub(crate) struct Route {
     pub prefix: String,
     pub app: String,
-    pub controller: Arc<Controller>,
+    pub controllers: Vec<Arc<Controller>>,
+}
+
+impl Route {
+    /// The deployment HTTP requests go to.
+    pub fn ingress(&self) -> &Arc<Controller> {
+        &self.controllers[0]
+    }
+
+    pub fn statuses(&self) -> Vec<crate::controller::DeploymentStatus> {
+        self.controllers.iter().map(|c| c.status()).collect()
+    }
 }
 
 /// What the REST config API asks of the thread that owns the [`crate::Serve`].
@@ -174,24 +185,14 @@ async fn metrics(axum::extract::State(s): axum::extract::State<Arc<ProxyState>>)
     s.metrics.render(&mut out);
     let routes: Vec<Arc<Route>> = s.routes.read().unwrap_or_else(|p| p.into_inner()).clone();
     out.push_str("# HELP flare_serve_queue_depth Requests waiting for a replica.\n# TYPE flare_serve_queue_depth gauge\n");
-    for r in &routes {
-        let _ = writeln!(
-            out,
-            "flare_serve_queue_depth{{deployment=\"{}\"}} {}",
-            label(&r.controller.router.name),
-            r.controller.router.queued()
-        );
+    for c in routes.iter().flat_map(|r| &r.controllers) {
+        let _ = writeln!(out, "flare_serve_queue_depth{{deployment=\"{}\"}} {}", label(&c.router.name), c.router.queued());
     }
     out.push_str("# HELP flare_serve_replicas Replicas by state.\n# TYPE flare_serve_replicas gauge\n");
-    for r in &routes {
-        let st = r.controller.status();
-        for state in ["STARTING", "RUNNING", "DRAINING", "STOPPING"] {
-            let n = st
-                .replicas
-                .iter()
-                .filter(|x| serde_json::to_value(x.state).ok().and_then(|v| v.as_str().map(|s| s == state)).unwrap_or(false))
-                .count();
-            let _ = writeln!(out, "flare_serve_replicas{{deployment=\"{}\",state=\"{state}\"}} {n}", label(&st.name));
+    for st in routes.iter().flat_map(|r| r.statuses()) {
+        for state in crate::controller::ReplicaState::ALL {
+            let n = st.replicas.iter().filter(|x| x.state == state).count();
+            let _ = writeln!(out, "flare_serve_replicas{{deployment=\"{}\",state=\"{}\"}} {n}", label(&st.name), state.as_str());
         }
     }
     let mut resp = Response::text(200, out);
@@ -208,11 +209,9 @@ async fn handle(
     let Some(route) = s.route(&path) else {
         return to_http(Response::error(404, &format!("no application serves '{path}' (see /-/routes)")));
     };
-    let (answer, counted) = forward(&s, &route, req).await;
+    let answer = forward(&s, &route, req).await;
     let mut resp = answer.resp;
-    if counted {
-        s.metrics.request(&route.prefix, resp.status, t0.elapsed().as_secs_f64());
-    }
+    s.metrics.request(&route.prefix, resp.status, t0.elapsed().as_secs_f64());
     let stream_id = resp.header(crate::stream::STREAM_HEADER).and_then(|v| v.parse::<u64>().ok());
     match (stream_id, answer.replica) {
         (Some(id), Some(replica)) => {
@@ -268,26 +267,26 @@ fn plain(resp: Response) -> Answer {
     Answer { resp, replica: None }
 }
 
-async fn forward(s: &ProxyState, route: &Route, req: axum::extract::Request) -> (Answer, bool) {
+async fn forward(s: &ProxyState, route: &Route, req: axum::extract::Request) -> Answer {
     if s.draining.load(Ordering::Relaxed) {
-        return (plain(Response::error(503, "the server is shutting down").with_header("retry-after", "1")), true);
+        return plain(Response::error(503, "the server is shutting down").with_header("retry-after", "1"));
     }
     let max = s.opts.max_body_bytes;
     let too_large = || Response::error(413, &format!("the request body is larger than the limit of {max} bytes"));
     if let Some(len) = req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
         if len > max as u64 {
-            return (plain(too_large()), true);
+            return plain(too_large());
         }
     }
     let (parts, body) = req.into_parts();
     // The body is bounded in time too (a client that sends it slowly gets 408).
     let body = match tokio::time::timeout(s.opts.request_timeout, http_body_util::Limited::new(body, max).collect()).await {
         Ok(Ok(b)) => b.to_bytes().to_vec(),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return (plain(too_large()), true),
-        Ok(Err(e)) => return (plain(Response::error(400, &format!("reading the request body failed: {e}"))), true),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return plain(too_large()),
+        Ok(Err(e)) => return plain(Response::error(400, &format!("reading the request body failed: {e}"))),
         Err(_) => {
             let t = s.opts.request_timeout.as_secs_f64();
-            return (plain(Response::error(408, &format!("the request body did not arrive within {t:.1} s"))), true);
+            return plain(Response::error(408, &format!("the request body did not arrive within {t:.1} s")));
         }
     };
     let path = parts.uri.path();
@@ -298,7 +297,7 @@ async fn forward(s: &ProxyState, route: &Route, req: axum::extract::Request) -> 
     let priority = match parts.headers.get(PRIORITY_HEADER).map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok())) {
         None => 0,
         Some(Some(p)) => p,
-        Some(None) => return (plain(Response::error(400, &format!("the {PRIORITY_HEADER} header must be an integer"))), true),
+        Some(None) => return plain(Response::error(400, &format!("the {PRIORITY_HEADER} header must be an integer"))),
     };
     let request = Request {
         method: parts.method.as_str().to_string(),
@@ -308,17 +307,14 @@ async fn forward(s: &ProxyState, route: &Route, req: axum::extract::Request) -> 
         body,
         model_id,
     };
-    let router = route.controller.router.clone();
+    let router = route.ingress().router.clone();
     match tokio::time::timeout(s.opts.request_timeout, async move { router.submit(request, priority).await.await }).await {
-        Ok(Ok(resp)) => (resp, true),
-        Ok(Err(_)) => (plain(Response::error(500, "the request was dropped without an answer")), true),
-        Err(_) => (
-            plain(Response::error(
-                504,
-                &format!("no response within the request timeout of {:.1} s", s.opts.request_timeout.as_secs_f64()),
-            )),
-            true,
-        ),
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) => plain(Response::error(500, "the request was dropped without an answer")),
+        Err(_) => plain(Response::error(
+            504,
+            &format!("no response within the request timeout of {:.1} s", s.opts.request_timeout.as_secs_f64()),
+        )),
     }
 }
 
@@ -349,26 +345,33 @@ pub(crate) fn details(s: &ProxyState, url: &str) -> serde_json::Value {
     let routes: Vec<Arc<Route>> = s.routes.read().unwrap_or_else(|p| p.into_inner()).clone();
     let mut apps = serde_json::Map::new();
     for r in routes {
-        let d = r.controller.status();
-        let status = match d.status.as_str() {
-            "HEALTHY" => "RUNNING",
+        let ds = r.statuses();
+        // Ray's name for an application whose replicas do not start.
+        let status = match crate::controller::application_status(&ds) {
             "UNHEALTHY" => "DEPLOY_FAILED",
-            _ => "DEPLOYING",
+            s => s,
         };
-        let mut states = serde_json::Map::new();
-        for x in &d.replicas {
-            let k = serde_json::to_value(x.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-            let n = states.get(&k).and_then(|v| v.as_u64()).unwrap_or(0) + 1;
-            states.insert(k, n.into());
+        let message: Vec<&str> = ds.iter().map(|d| d.message.as_str()).filter(|m| !m.is_empty()).collect();
+        let mut deployments = serde_json::Map::new();
+        for d in &ds {
+            let mut states = serde_json::Map::new();
+            for x in &d.replicas {
+                let n = states.get(x.state.as_str()).and_then(|v| v.as_u64()).unwrap_or(0) + 1;
+                states.insert(x.state.as_str().to_string(), n.into());
+            }
+            deployments.insert(
+                d.name.clone(),
+                serde_json::json!({
+                    "name": d.name, "status": d.status, "message": d.message, "target_num_replicas": d.target_replicas,
+                    "replica_states": states, "queued_requests": d.queued, "replicas": d.replicas,
+                }),
+            );
         }
         apps.insert(
             r.app.clone(),
             serde_json::json!({
-                "name": r.app, "route_prefix": r.prefix, "status": status, "message": d.message,
-                "deployments": {d.name.clone(): {
-                    "name": d.name, "status": d.status, "message": d.message, "target_num_replicas": d.target_replicas,
-                    "replica_states": states, "queued_requests": d.queued, "replicas": d.replicas,
-                }},
+                "name": r.app, "route_prefix": r.prefix, "status": status, "message": message.join("; "),
+                "deployments": deployments,
             }),
         );
     }

@@ -45,10 +45,6 @@ pub struct ReplicaActor {
     models: Mutex<Models>,
 }
 
-fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default()
-}
-
 impl ReplicaActor {
     fn replica(&self) -> Result<&dyn DynReplica, String> {
         self.inner.get().map(|b| b.as_ref()).ok_or_else(|| "the replica was not started".to_string())
@@ -79,7 +75,7 @@ impl ReplicaActor {
                 Ok(())
             }
             Ok(Err(e)) => Err(format!("loading model '{model}' failed: {e}")),
-            Err(p) => Err(format!("loading model '{model}' panicked: {}", panic_message(p))),
+            Err(p) => Err(format!("loading model '{model}' panicked: {}", flare_core::util::panic_message(&*p))),
         }
     }
 
@@ -112,7 +108,13 @@ impl ReplicaActor {
         };
         let replica = match std::panic::catch_unwind(|| factory(&setup.config, &ctx)) {
             Ok(r) => r.map_err(|e| format!("deployment '{}' failed to start: {e}", setup.deployment))?,
-            Err(p) => return Err(format!("deployment '{}' panicked while starting: {}", setup.deployment, panic_message(p))),
+            Err(p) => {
+                return Err(format!(
+                    "deployment '{}' panicked while starting: {}",
+                    setup.deployment,
+                    flare_core::util::panic_message(&*p)
+                ))
+            }
         };
         let _ = self.max_models.set(setup.max_models.max(1) as usize);
         self.inner.set(replica).map_err(|_| "the replica was started already".to_string())?;
@@ -136,7 +138,7 @@ impl ReplicaActor {
             Ok(Ok(v)) if v.len() == n => Ok(v),
             Ok(Ok(v)) => Err(format!("the handler returned {} responses for a batch of {n} requests", v.len())),
             Ok(Err(e)) => Err(e),
-            Err(p) => Err(format!("the handler panicked: {}", panic_message(p))),
+            Err(p) => Err(format!("the handler panicked: {}", flare_core::util::panic_message(&*p))),
         };
         if let Some(m) = &model {
             self.release(m);
@@ -157,7 +159,7 @@ impl ReplicaActor {
         let r = self.replica()?;
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.check_health())) {
             Ok(v) => v,
-            Err(p) => Err(format!("the health check panicked: {}", panic_message(p))),
+            Err(p) => Err(format!("the health check panicked: {}", flare_core::util::panic_message(&*p))),
         }
     }
 }

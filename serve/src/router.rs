@@ -66,7 +66,6 @@ pub(crate) struct Replica {
     /// New requests may go to it (false while starting and draining).
     pub accepting: AtomicBool,
     pub pid: AtomicU32,
-    pub batches: AtomicU64,
 }
 
 impl Replica {
@@ -82,7 +81,6 @@ impl Replica {
             dead: AtomicBool::new(false),
             accepting: AtomicBool::new(false),
             pid: AtomicU32::new(0),
-            batches: AtomicU64::new(0),
         }
     }
 
@@ -187,7 +185,6 @@ impl DeploymentRouter {
                 let limit = self.opts.max_ongoing_requests;
                 if r.queued() == 0 {
                     if r.inflight.fetch_add(1, Ordering::Relaxed) < limit {
-                        r.batches.fetch_add(1, Ordering::Relaxed);
                         self.metrics.batch(&self.name, 1);
                         self.clone().run_batch(r, vec![item]).await;
                         return rx;
@@ -360,15 +357,19 @@ impl DeploymentRouter {
                 continue;
             }
             r.inflight.fetch_add(batch.len(), Ordering::Relaxed);
-            r.batches.fetch_add(1, Ordering::Relaxed);
             self.metrics.batch(&self.name, batch.len());
             tokio::spawn(self.clone().run_batch(r.clone(), batch));
         }
     }
 
-    async fn run_batch(self: Arc<Self>, r: Arc<Replica>, batch: Vec<Item>) {
+    async fn run_batch(self: Arc<Self>, r: Arc<Replica>, mut batch: Vec<Item>) {
         let n = batch.len();
-        let reqs: Vec<Request> = batch.iter().map(|i| i.req.clone()).collect();
+        // A copy is kept for a retry only where the replica can die under the batch (a worker
+        // process); an in-process replica takes the requests.
+        let reqs: Vec<Request> = match r.backend.actor() {
+            Some(_) => batch.iter().map(|i| i.req.clone()).collect(),
+            None => batch.iter_mut().map(|i| std::mem::take(&mut i.req)).collect(),
+        };
         // Frees the batch's slots even when this future is dropped (a timed-out direct call).
         struct Slots(Arc<Replica>, usize);
         impl Drop for Slots {

@@ -69,11 +69,7 @@ pub(crate) fn start(sse: bool, produce: Box<dyn FnOnce(&mut StreamSink) + Send>)
     let spawned = std::thread::Builder::new().name("flare-serve-stream".into()).spawn(move || {
         let mut sink = StreamSink { tx, sse };
         if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| produce(&mut sink))) {
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let msg = flare_core::util::panic_message(&*p);
             tracing::error!("a streaming handler panicked: {msg}");
             let _ = sink.event("error", format!("the handler panicked: {msg}"));
         }

@@ -129,14 +129,7 @@ fn run_rank(s: Setup, tx: std::sync::mpsc::Sender<Event>) -> Result<(), String> 
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train_loop(&mut ctx))) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("rank {}: the train loop failed: {e}", s.rank)),
-        Err(p) => {
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            Err(format!("rank {}: the train loop panicked: {msg}", s.rank))
-        }
+        Err(p) => Err(format!("rank {}: the train loop panicked: {}", s.rank, flare_core::util::panic_message(&*p))),
     }
 }
 

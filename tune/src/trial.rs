@@ -113,10 +113,7 @@ fn run(s: TrialSetup, tx: Sender<Event>) -> Result<(), String> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut ctx))) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("the trainable failed: {e}")),
-        Err(p) => Err(format!(
-            "the trainable panicked: {}",
-            p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default()
-        )),
+        Err(p) => Err(format!("the trainable panicked: {}", flare_core::util::panic_message(&*p))),
     }
 }
 

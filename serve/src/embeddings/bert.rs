@@ -167,7 +167,12 @@ impl SentenceEncoder {
     /// Embeddings of texts: tokenized, sorted by length and run in batches of up to
     /// `batch_size` (padding per batch, as sentence-transformers' `encode` does).
     pub fn embed(&self, texts: &[&str], batch_size: usize, normalize: bool) -> Result<Vec<Vec<f32>>, String> {
-        let ids = self.tokenize(texts)?;
+        self.embed_sorted(&self.tokenize(texts)?, batch_size, normalize)
+    }
+
+    /// Embeddings of token-id sequences, sorted by length and run in batches of up to
+    /// `batch_size`; in the order given.
+    pub fn embed_sorted(&self, ids: &[Vec<u32>], batch_size: usize, normalize: bool) -> Result<Vec<Vec<f32>>, String> {
         let mut order: Vec<usize> = (0..ids.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
         let mut out = vec![Vec::new(); ids.len()];

@@ -164,15 +164,7 @@ impl Deployment for Embeddings {
         // Every input of every request in one list: tokenized, sorted by length, batched.
         let texts: Vec<&str> = jobs.iter().flat_map(|(_, p)| p.texts.iter().map(String::as_str)).collect();
         let ids = self.model.tokenize(&texts)?;
-        let mut order: Vec<usize> = (0..ids.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
-        let mut vecs = vec![Vec::new(); ids.len()];
-        for chunk in order.chunks(self.config.forward_batch_size.max(1)) {
-            let part: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
-            for (&i, v) in chunk.iter().zip(self.model.embed_ids(&part, true)?) {
-                vecs[i] = v;
-            }
-        }
+        let vecs = self.model.embed_sorted(&ids, self.config.forward_batch_size, true)?;
         let mut at = 0;
         for (i, p) in jobs {
             let n = p.texts.len();
