@@ -16,7 +16,8 @@ fn ppo_trial(ctx: &mut TrialContext) -> Result<(), flare::tune::BoxError> {
         ..Default::default()
     };
     let mut failed = None;
-    let (summary, _) = ppo::train(&cfg, |steps, mean| {
+    let (summary, _) = ppo::train(&cfg, |p| {
+        let (steps, mean) = (p.env_steps, p.mean_return);
         if failed.is_none() && mean.is_finite() {
             if let Err(e) = ctx.report(json!({"env_steps": steps, "mean_return": mean}), None) {
                 failed = Some(e);

@@ -351,6 +351,13 @@ enum RlCommand {
         /// Env-runner actors sampling in their own processes (0: sample in this process).
         #[arg(long, default_value_t = 0)]
         num_env_runners: usize,
+        /// Where the learner runs: auto (its GPU if it has one, else the CPU), cpu, cuda, cuda:N.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// With --num-env-runners (ppo, a2c, dqn): the learner in an actor of its own with this
+        /// many GPUs (a fraction shares one), on the GPU the scheduler assigns.
+        #[arg(long, default_value_t = 0.0)]
+        learner_gpus: f64,
         #[arg(long)]
         json: bool,
     },
@@ -597,40 +604,78 @@ fn main() -> anyhow::Result<()> {
             let timing = microbenchmark::Timing { warmup: trial / 2, trial, trials: 4 };
             microbenchmark::run(timing, &filter, json)?;
         }
-        Command::Rl { command: RlCommand::Train { algo, env, seed, max_env_steps, num_env_runners, json } } => {
+        Command::Rl {
+            command: RlCommand::Train { algo, env, seed, max_env_steps, num_env_runners, device, learner_gpus, json },
+        } => {
+            let device: flare::rl::learner::LearnerDevice = device.parse()?;
+            if !(learner_gpus >= 0.0 && learner_gpus.is_finite()) {
+                anyhow::bail!("--learner-gpus must be a number of GPUs, 0 or more (got {learner_gpus})");
+            }
+            if learner_gpus > 0.0 && num_env_runners == 0 {
+                anyhow::bail!("--learner-gpus puts the learner in an actor of its own: it needs --num-env-runners 1 or more");
+            }
             let mut last_print = 0u64;
-            let report = |steps: u64, mean: f64| {
-                if !json && steps - last_print >= 20_000 {
-                    last_print = steps;
-                    println!("env steps {steps:>8}  mean return (last 100) {mean:>8.1}");
+            let report = |p: &flare::rl::algo::Progress| {
+                if !json && p.env_steps - last_print >= 20_000 {
+                    last_print = p.env_steps;
+                    println!(
+                        "env steps {:>8}  mean return (last 100) {:>8.1}  {:>8.0} env steps/s  learner {:>6.1} s of {:.1} s",
+                        p.env_steps,
+                        p.mean_return,
+                        p.env_steps as f64 / p.wall_s.max(1e-9),
+                        p.learner_s,
+                        p.wall_s
+                    );
                 }
             };
+            let start_runtime = || flare::init_with(flare::Config::new().log_to_driver(false));
             use flare::rl::algo::{a2c, dqn, ppo, sac};
             let summary = match algo.as_str() {
                 "ppo" => {
-                    let cfg = ppo::PpoConfig { env_id: env.clone(), seed, total_env_steps: max_env_steps, ..Default::default() };
+                    let cfg = ppo::PpoConfig {
+                        env_id: env.clone(),
+                        seed,
+                        total_env_steps: max_env_steps,
+                        device,
+                        learner_num_gpus: learner_gpus,
+                        ..Default::default()
+                    };
                     if num_env_runners == 0 {
                         ppo::train(&cfg, report)?.0
                     } else {
-                        flare::init_with(flare::Config::new().log_to_driver(false))?;
+                        start_runtime()?;
                         ppo::train_distributed(&cfg, num_env_runners, report)?.0
                     }
                 }
                 "dqn" => {
-                    let cfg = dqn::DqnConfig { env_id: env.clone(), seed, total_env_steps: max_env_steps, ..Default::default() };
+                    let cfg = dqn::DqnConfig {
+                        env_id: env.clone(),
+                        seed,
+                        total_env_steps: max_env_steps,
+                        device,
+                        learner_num_gpus: learner_gpus,
+                        ..Default::default()
+                    };
                     if num_env_runners == 0 {
                         dqn::train(&cfg, report)?.0
                     } else {
-                        flare::init_with(flare::Config::new().log_to_driver(false))?;
+                        start_runtime()?;
                         dqn::train_distributed(&cfg, num_env_runners, report)?.0
                     }
                 }
                 "a2c" => {
-                    let cfg = a2c::A2cConfig { env_id: env.clone(), seed, total_env_steps: max_env_steps, ..Default::default() };
+                    let cfg = a2c::A2cConfig {
+                        env_id: env.clone(),
+                        seed,
+                        total_env_steps: max_env_steps,
+                        device,
+                        learner_num_gpus: learner_gpus,
+                        ..Default::default()
+                    };
                     if num_env_runners == 0 {
                         a2c::train(&cfg, report)?.0
                     } else {
-                        flare::init_with(flare::Config::new().log_to_driver(false))?;
+                        start_runtime()?;
                         a2c::train_distributed(&cfg, num_env_runners, report)?.0
                     }
                 }
@@ -638,7 +683,13 @@ fn main() -> anyhow::Result<()> {
                     if num_env_runners > 0 {
                         anyhow::bail!("--num-env-runners is supported by ppo, a2c and dqn; sac samples in this process for now");
                     }
-                    let cfg = sac::SacConfig { env_id: env.clone(), seed, total_env_steps: max_env_steps, ..Default::default() };
+                    let cfg = sac::SacConfig {
+                        env_id: env.clone(),
+                        seed,
+                        total_env_steps: max_env_steps,
+                        device,
+                        ..Default::default()
+                    };
                     let (mut summary, learner) = sac::train(&cfg, report)?;
                     // Ten deterministic episodes with seeds the training never used.
                     summary.eval_return = Some(sac::evaluate(&learner, &env, 10, seed + 1_000_000)?);
@@ -650,8 +701,13 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&summary)?);
             } else {
                 println!(
-                    "{env}: solved={} after {} env steps, mean return {:.1}, {:.1} s",
-                    summary.solved, summary.env_steps, summary.mean_return, summary.wall_s
+                    "{env}: solved={} after {} env steps, mean return {:.1}, {:.1} s ({:.1} s in the learner on {})",
+                    summary.solved,
+                    summary.env_steps,
+                    summary.mean_return,
+                    summary.wall_s,
+                    summary.learner_s,
+                    summary.learner_device.as_deref().unwrap_or("?")
                 );
             }
         }

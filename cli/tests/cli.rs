@@ -82,6 +82,33 @@ fn a2c_and_dqn_train_with_env_runner_actors_and_sac_says_it_cannot() {
 }
 
 #[test]
+fn rl_train_names_its_learner_device_and_refuses_bad_ones() {
+    let out =
+        flare().args(["rl", "train", "--algo", "a2c", "--max-env-steps", "2000", "--device", "cpu", "--json"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["learner_device"], "cpu", "{last}");
+    assert!(last["learner_s"].as_f64().unwrap() > 0.0, "{last}");
+    for (args, says) in [
+        (&["--device", "tpu"][..], "expected auto, cpu, cuda or cuda:N"),
+        (&["--learner-gpus", "1"][..], "it needs --num-env-runners"),
+        (&["--learner-gpus=-1", "--num-env-runners", "1"][..], "--learner-gpus must be"),
+    ] {
+        let out = flare().args(["rl", "train", "--max-env-steps", "1000"]).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    // Asking for CUDA on a build or machine without it says so and what to do.
+    if !cfg!(feature = "cuda") {
+        let out = flare().args(["rl", "train", "--max-env-steps", "1000", "--device", "cuda"]).output().unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("use --device cpu or auto"));
+    }
+}
+
+#[test]
 fn bench_train_prints_a_step_breakdown_per_world_size() {
     let out = flare()
         .args([

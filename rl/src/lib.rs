@@ -15,6 +15,7 @@ pub mod algo;
 pub mod classic;
 pub mod env;
 pub mod error;
+pub mod learner;
 pub mod nn;
 pub mod replay;
 pub mod rng;

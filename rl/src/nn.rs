@@ -1,6 +1,8 @@
-//! A small multilayer perceptron with hand-written backpropagation and Adam, for the CPU
-//! learners of classic-control tasks (tanh hidden layers, linear output). Parameters are one
-//! flat `Vec<f32>` so gradient clipping and optimizer state are plain slices.
+//! The policy and value networks of the classic-control learners as plain data: a multilayer
+//! perceptron (tanh hidden layers, linear output) whose parameters are one flat `Vec<f32>`,
+//! per layer the weight `[out, in]` row-major then the bias. Env runners step with it on their
+//! CPUs, one observation at a time; the learners train it as candle variables
+//! ([`crate::learner::Net`], same layout) and send these copies out through the object store.
 
 use crate::rng::Rng;
 
@@ -8,11 +10,6 @@ use crate::rng::Rng;
 pub struct Mlp {
     pub sizes: Vec<usize>,
     pub params: Vec<f32>,
-}
-
-/// Activations of one forward pass, kept for the backward pass.
-pub struct Tape {
-    acts: Vec<Vec<f32>>,
 }
 
 impl Mlp {
@@ -40,48 +37,22 @@ impl Mlp {
         out
     }
 
-    pub fn forward(&self, x: &[f32]) -> (Vec<f32>, Tape) {
+    /// The output for one observation.
+    pub fn forward(&self, x: &[f32]) -> Vec<f32> {
         let layers = self.layer_offsets();
-        let mut acts = vec![x.to_vec()];
+        let mut h = x.to_vec();
         for (i, &(w, b, n_in, n_out)) in layers.iter().enumerate() {
-            let input = acts.last().expect("input");
             let mut out = vec![0.0f32; n_out];
             for (o, slot) in out.iter_mut().enumerate() {
                 let row = &self.params[w + o * n_in..w + (o + 1) * n_in];
-                *slot = self.params[b + o] + row.iter().zip(input).map(|(a, b)| a * b).sum::<f32>();
+                *slot = self.params[b + o] + row.iter().zip(&h).map(|(a, b)| a * b).sum::<f32>();
             }
             if i + 1 < layers.len() {
                 out.iter_mut().for_each(|v| *v = v.tanh());
             }
-            acts.push(out);
+            h = out;
         }
-        (acts.last().cloned().expect("output"), Tape { acts })
-    }
-
-    /// Adds d(loss)/d(params) to `grad` given d(loss)/d(output).
-    pub fn backward(&self, tape: &Tape, dout: &[f32], grad: &mut [f32]) {
-        let layers = self.layer_offsets();
-        let mut delta = dout.to_vec();
-        for (i, &(w, b, n_in, n_out)) in layers.iter().enumerate().rev() {
-            let input = &tape.acts[i];
-            let mut dinput = vec![0.0f32; n_in];
-            for o in 0..n_out {
-                let d = delta[o];
-                grad[b + o] += d;
-                let row = w + o * n_in;
-                for j in 0..n_in {
-                    grad[row + j] += d * input[j];
-                    dinput[j] += d * self.params[row + j];
-                }
-            }
-            if i > 0 {
-                // Through the tanh of the previous layer: d tanh = 1 - tanh^2.
-                for (dj, a) in dinput.iter_mut().zip(input) {
-                    *dj *= 1.0 - a * a;
-                }
-            }
-            delta = dinput;
-        }
+        h
     }
 }
 
@@ -118,43 +89,6 @@ pub(crate) fn gaussian(rng: &mut Rng) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
-/// Adam (torch semantics: eps added after the bias-corrected square root).
-pub struct Adam {
-    pub lr: f32,
-    pub eps: f32,
-    m: Vec<f32>,
-    v: Vec<f32>,
-    t: i32,
-}
-
-impl Adam {
-    pub fn new(n: usize, lr: f32, eps: f32) -> Self {
-        Adam { lr, eps, m: vec![0.0; n], v: vec![0.0; n], t: 0 }
-    }
-
-    pub fn step(&mut self, params: &mut [f32], grad: &[f32]) {
-        let (b1, b2) = (0.9f32, 0.999f32);
-        self.t += 1;
-        let bc1 = 1.0 - b1.powi(self.t);
-        let bc2 = 1.0 - b2.powi(self.t);
-        for i in 0..params.len() {
-            self.m[i] = b1 * self.m[i] + (1.0 - b1) * grad[i];
-            self.v[i] = b2 * self.v[i] + (1.0 - b2) * grad[i] * grad[i];
-            params[i] -= (self.lr / bc1) * self.m[i] / (self.v[i].sqrt() / bc2.sqrt() + self.eps);
-        }
-    }
-}
-
-/// Scales `grad` so its global L2 norm is at most `max_norm`; returns the norm before.
-pub fn clip_grad_norm(grads: &mut [&mut [f32]], max_norm: f32) -> f32 {
-    let norm = grads.iter().flat_map(|g| g.iter()).map(|x| x * x).sum::<f32>().sqrt();
-    if norm > max_norm {
-        let s = max_norm / (norm + 1e-6);
-        grads.iter_mut().for_each(|g| g.iter_mut().for_each(|x| *x *= s));
-    }
-    norm
-}
-
 /// Writes networks as one safetensors file: `NAME.params` (f32) and `NAME.sizes` (u32) each.
 pub fn save_safetensors(path: &std::path::Path, nets: &[(&str, &Mlp)]) -> crate::Result<()> {
     use candle_core::{Device, Tensor};
@@ -186,31 +120,6 @@ pub fn load_safetensors(path: &std::path::Path, name: &str) -> crate::Result<Mlp
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backward_matches_finite_differences() {
-        let mut rng = Rng::new(3);
-        let mut net = Mlp::new(&[3, 5, 2], 1.4, 1.0, &mut rng);
-        for p in net.params.iter_mut() {
-            *p += 0.1 * gaussian(&mut rng) as f32;
-        }
-        let x = [0.3f32, -0.7, 0.2];
-        let loss = |n: &Mlp| {
-            let (y, _) = n.forward(&x);
-            (y[0] * 1.5 - y[1] * 0.5) as f64
-        };
-        let (_, tape) = net.forward(&x);
-        let mut g = vec![0.0; net.params.len()];
-        net.backward(&tape, &[1.5, -0.5], &mut g);
-        for (i, gi) in g.iter().enumerate() {
-            let mut a = net.clone();
-            a.params[i] += 1e-3;
-            let mut b = net.clone();
-            b.params[i] -= 1e-3;
-            let fd = (loss(&a) - loss(&b)) / 2e-3;
-            assert!((fd - *gi as f64).abs() < 2e-3, "param {i}: {fd} vs {gi}");
-        }
-    }
 
     #[test]
     fn orthogonal_rows_are_orthonormal() {

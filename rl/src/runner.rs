@@ -32,7 +32,7 @@ pub struct Rollout {
     pub terminated: Vec<bool>,
 }
 
-pub(crate) fn softmax(logits: &[f32]) -> Vec<f32> {
+fn softmax(logits: &[f32]) -> Vec<f32> {
     let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let e: Vec<f32> = logits.iter().map(|l| (l - m).exp()).collect();
     let s: f32 = e.iter().sum();
@@ -76,7 +76,7 @@ impl Sampler {
         let mut r = Rollout { num_envs: n, num_steps, pid: std::process::id(), ..Default::default() };
         for _ in 0..num_steps {
             for i in 0..n {
-                let p = softmax(&policy.forward(&self.obs[i]).0);
+                let p = softmax(&policy.forward(&self.obs[i]));
                 let a = sample(&p, &mut self.rng);
                 let st = self.envs[i].step(&Action::Discrete(a as i64))?;
                 self.ep_ret[i] += st.reward;
@@ -109,7 +109,7 @@ impl Sampler {
                     let n_actions = q.sizes.last().copied().unwrap_or(1);
                     self.rng.below(n_actions as u64) as usize
                 } else {
-                    let qs = q.forward(&self.obs[i]).0;
+                    let qs = q.forward(&self.obs[i]);
                     qs.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).map(|(k, _)| k).unwrap_or(0)
                 };
                 let st = self.envs[i].step(&Action::Discrete(a as i64))?;

@@ -15,7 +15,8 @@ fn distributed_ppo_learns_and_survives_a_runner_kill() {
     let mut killed = false;
     let mut restarted = false;
     let mut curve = Vec::new();
-    let (s, _) = train_distributed(&cfg, 2, |steps, mean| {
+    let (s, _) = train_distributed(&cfg, 2, |p| {
+        let (steps, mean) = (p.env_steps, p.mean_return);
         curve.push((steps, mean));
         if killed && !restarted {
             let actors = flare_core::list(flare_core::StateQuery::Actors).unwrap().actors;

@@ -8,7 +8,7 @@ fn ppo_improves_quickly_on_cartpole() {
     // A random CartPole policy averages about 22; 40k steps of PPO are well past that (181 measured).
     let cfg = PpoConfig { seed: 1, total_env_steps: 40_000, ..Default::default() };
     let mut curve = Vec::new();
-    let (s, _) = train(&cfg, |steps, mean| curve.push((steps, mean))).unwrap();
+    let (s, _) = train(&cfg, |p| curve.push((p.env_steps, p.mean_return))).unwrap();
     assert!(s.env_steps >= 40_000 && s.episodes > 50);
     assert!(s.mean_return > 100.0, "mean return {} after 40k steps; curve {curve:?}", s.mean_return);
 }
@@ -16,7 +16,7 @@ fn ppo_improves_quickly_on_cartpole() {
 #[test]
 fn ppo_rejects_continuous_actions() {
     let cfg = PpoConfig { env_id: "Pendulum-v1".into(), total_env_steps: 1000, ..Default::default() };
-    let e = train(&cfg, |_, _| {}).unwrap_err().to_string();
+    let e = train(&cfg, |_| {}).unwrap_err().to_string();
     assert!(e.contains("Discrete"), "{e}");
 }
 
@@ -27,7 +27,7 @@ fn ppo_solves_cartpole_on_most_seeds() {
         return;
     }
     let solved: Vec<bool> =
-        (1..=5).map(|seed| train(&PpoConfig { seed, ..Default::default() }, |_, _| {}).unwrap().0.solved).collect();
+        (1..=5).map(|seed| train(&PpoConfig { seed, ..Default::default() }, |_| {}).unwrap().0.solved).collect();
     assert!(solved.iter().filter(|s| **s).count() >= 4, "{solved:?}");
 }
 
@@ -45,7 +45,7 @@ fn dqn_improves_quickly_on_cartpole() {
         batch_size: 64,
         ..Default::default()
     };
-    let (s, _) = train(&cfg, |_, _| {}).unwrap();
+    let (s, _) = train(&cfg, |_| {}).unwrap();
     assert!(s.mean_return > 100.0, "mean return {} after 30k steps", s.mean_return);
 }
 
@@ -53,7 +53,7 @@ fn dqn_improves_quickly_on_cartpole() {
 fn a2c_solves_cartpole() {
     use flare_rl::algo::a2c::{train, A2cConfig};
     // Measured: seeds 1-5 solve within 136k-184k env steps, about 5 s each.
-    let (s, _) = train(&A2cConfig { seed: 1, ..Default::default() }, |_, _| {}).unwrap();
+    let (s, _) = train(&A2cConfig { seed: 1, ..Default::default() }, |_| {}).unwrap();
     assert!(s.solved && s.mean_return >= 475.0, "{s:?}");
     assert!(s.env_steps <= 500_000);
 }

@@ -10,7 +10,7 @@ fn ppo_checkpoints_resume_and_evaluate() {
     let _ = std::fs::remove_dir_all(&dir);
     let cfg =
         PpoConfig { total_env_steps: 8192, stop_when_solved: false, checkpoint_dir: Some(dir.clone()), ..Default::default() };
-    let (s, actor) = ppo::train(&cfg, |_, _| {}).unwrap();
+    let (s, actor) = ppo::train(&cfg, |_| {}).unwrap();
     assert_eq!(s.env_steps, 8192);
     let (loaded, critic, step) = ppo::load_checkpoint(&dir).unwrap();
     assert_eq!(step, 8192);
@@ -21,13 +21,13 @@ fn ppo_checkpoints_resume_and_evaluate() {
 
     // Resume: 16 updates of 512 steps are done; eight more reach 12,288.
     let more = PpoConfig { total_env_steps: 12_288, resume_from: Some(dir.clone()), ..cfg.clone() };
-    let (s, _) = ppo::train(&more, |_, _| {}).unwrap();
+    let (s, _) = ppo::train(&more, |_| {}).unwrap();
     assert_eq!(s.env_steps, 12_288);
     assert_eq!(ppo::load_checkpoint(&dir).unwrap().2, 12_288);
 
     // Other network sizes: refused.
     let other = PpoConfig { hidden: 32, resume_from: Some(dir.clone()), checkpoint_dir: None, ..cfg };
-    let e = ppo::train(&other, |_, _| {}).expect_err("size mismatch");
+    let e = ppo::train(&other, |_| {}).expect_err("size mismatch");
     assert!(e.to_string().contains("networks"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -45,7 +45,7 @@ fn dqn_checkpoints_resume_at_their_step_and_evaluate() {
         checkpoint_dir: Some(dir.clone()),
         ..Default::default()
     };
-    let (s, q) = dqn::train(&cfg, |_, _| {}).unwrap();
+    let (s, q) = dqn::train(&cfg, |_| {}).unwrap();
     assert_eq!(s.env_steps, 3000);
     let (loaded, target, step) = dqn::load_checkpoint(&dir).unwrap();
     assert_eq!(step, 3000);
@@ -55,13 +55,13 @@ fn dqn_checkpoints_resume_at_their_step_and_evaluate() {
 
     // Resume at step 3000 and go to 4000; the networks go on from the checkpoint's.
     let more = DqnConfig { total_env_steps: 4000, resume_from: Some(dir.clone()), ..cfg.clone() };
-    let (s, q2) = dqn::train(&more, |_, _| {}).unwrap();
+    let (s, q2) = dqn::train(&more, |_| {}).unwrap();
     assert_eq!(s.env_steps, 4000);
     assert_eq!(dqn::load_checkpoint(&dir).unwrap().2, 4000);
     assert_ne!(q2.params, q.params, "a resumed run learns on");
 
     // Other sizes, and a PPO checkpoint, are refused with the reason.
-    let e = dqn::train(&DqnConfig { hidden: 32, checkpoint_dir: None, ..more.clone() }, |_, _| {}).expect_err("sizes");
+    let e = dqn::train(&DqnConfig { hidden: 32, checkpoint_dir: None, ..more.clone() }, |_| {}).expect_err("sizes");
     assert!(e.to_string().contains("Q-network"), "{e}");
     let ppo_dir = dir.join("ppo");
     ppo::save_checkpoint(&ppo_dir, &q, &q, 1).unwrap();
@@ -77,11 +77,11 @@ fn a2c_checkpoints_in_ppo_format_and_resume() {
     let _ = std::fs::remove_dir_all(&dir);
     let cfg =
         A2cConfig { total_env_steps: 4000, stop_when_solved: false, checkpoint_dir: Some(dir.clone()), ..Default::default() };
-    let (s, actor) = a2c::train(&cfg, |_, _| {}).unwrap();
+    let (s, actor) = a2c::train(&cfg, |_| {}).unwrap();
     assert_eq!(s.env_steps, 4000);
     let (loaded, _, step) = ppo::load_checkpoint(&dir).unwrap();
     assert_eq!((step, &loaded.params), (4000, &actor.params));
-    let (s, _) = a2c::train(&A2cConfig { total_env_steps: 6000, resume_from: Some(dir.clone()), ..cfg }, |_, _| {}).unwrap();
+    let (s, _) = a2c::train(&A2cConfig { total_env_steps: 6000, resume_from: Some(dir.clone()), ..cfg }, |_| {}).unwrap();
     assert_eq!(s.env_steps, 6000);
     assert_eq!(ppo::load_checkpoint(&dir).unwrap().2, 6000);
     let _ = std::fs::remove_dir_all(&dir);

@@ -21,7 +21,7 @@ fn sac_checkpoints_resumes_and_reloads() {
     let dir = std::env::temp_dir().join(format!("flare-sac-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let cfg = small(&dir);
-    let (summary, learner) = sac::train(&cfg, |_, _| {}).unwrap();
+    let (summary, learner) = sac::train(&cfg, |_| {}).unwrap();
     assert_eq!(summary.env_steps, 1_200);
     assert_eq!(summary.episodes, 6, "Pendulum episodes are 200 steps");
     assert!(summary.mean_return.is_finite() && summary.mean_return < 0.0, "{summary:?}");
@@ -43,7 +43,7 @@ fn sac_checkpoints_resumes_and_reloads() {
 
     // Resume: the run continues from step 1,200 to 1,400.
     let resumed = SacConfig { total_env_steps: 1_400, resume_from: Some(dir.clone()), ..small(&dir) };
-    let (summary, _) = sac::train(&resumed, |_, _| {}).unwrap();
+    let (summary, _) = sac::train(&resumed, |_| {}).unwrap();
     assert_eq!(summary.env_steps, 1_400);
     let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("metadata.json")).unwrap()).unwrap();
     assert_eq!(meta["step"], 1_400);
@@ -57,6 +57,6 @@ fn sac_checkpoints_resumes_and_reloads() {
 #[test]
 fn sac_refuses_discrete_actions() {
     let cfg = SacConfig { env_id: "CartPole-v1".into(), total_env_steps: 10, ..Default::default() };
-    let e = sac::train(&cfg, |_, _| {}).err().expect("CartPole has discrete actions");
+    let e = sac::train(&cfg, |_| {}).err().expect("CartPole has discrete actions");
     assert!(e.to_string().contains("bounded Box"), "{e}");
 }

@@ -6,8 +6,9 @@
 //! learner rather than repeating it.
 
 use super::ppo::{run, PpoConfig, Source};
-use super::Summary;
+use super::{Progress, Summary};
 use crate::error::Result;
+use crate::learner::LearnerDevice;
 use crate::nn::Mlp;
 
 #[derive(Clone, Debug)]
@@ -31,6 +32,10 @@ pub struct A2cConfig {
     pub checkpoint_dir: Option<std::path::PathBuf>,
     /// A checkpoint to continue from, at its step.
     pub resume_from: Option<std::path::PathBuf>,
+    /// Where the learner runs in its process (see [`PpoConfig::device`]).
+    pub device: LearnerDevice,
+    /// With env runners: GPUs for a learner actor of its own (see [`PpoConfig::learner_num_gpus`]).
+    pub learner_num_gpus: f64,
 }
 
 impl Default for A2cConfig {
@@ -50,11 +55,13 @@ impl Default for A2cConfig {
             stop_when_solved: true,
             checkpoint_dir: None,
             resume_from: None,
+            device: LearnerDevice::Auto,
+            learner_num_gpus: 0.0,
         }
     }
 }
 
-pub fn train(cfg: &A2cConfig, progress: impl FnMut(u64, f64)) -> Result<(Summary, Mlp)> {
+pub fn train(cfg: &A2cConfig, progress: impl FnMut(&Progress)) -> Result<(Summary, Mlp)> {
     let p = as_ppo(cfg);
     run(&p, Source::local(&p)?, progress)
 }
@@ -62,7 +69,7 @@ pub fn train(cfg: &A2cConfig, progress: impl FnMut(u64, f64)) -> Result<(Summary
 /// Trains with `num_runners` env-runner actors sampling in their own processes (each with
 /// `cfg.num_envs` environments; one update per round of rollouts from all of them); needs a
 /// running Flare runtime.
-pub fn train_distributed(cfg: &A2cConfig, num_runners: usize, progress: impl FnMut(u64, f64)) -> Result<(Summary, Mlp)> {
+pub fn train_distributed(cfg: &A2cConfig, num_runners: usize, progress: impl FnMut(&Progress)) -> Result<(Summary, Mlp)> {
     super::ppo::train_distributed(&as_ppo(cfg), num_runners, progress)
 }
 
@@ -89,5 +96,7 @@ fn as_ppo(cfg: &A2cConfig) -> PpoConfig {
         stop_when_solved: cfg.stop_when_solved,
         checkpoint_dir: cfg.checkpoint_dir.clone(),
         resume_from: cfg.resume_from.clone(),
+        device: cfg.device,
+        learner_num_gpus: cfg.learner_num_gpus,
     }
 }

@@ -1,16 +1,27 @@
 //! DQN for discrete actions (CleanRL's `dqn.py`): a replay buffer, a target network synced every
 //! `target_network_frequency` steps, double-DQN targets, and a linear epsilon schedule.
+//!
+//! The learner is candle on its process's GPU, else the CPU ([`crate::learner`]); with env
+//! runners and `learner_num_gpus > 0` it is an actor of its own holding the replay buffer, on
+//! the GPU share the scheduler assigns. Acting uses the Q-network's [`Mlp`] copy, refreshed after
+//! every gradient step.
 
-use super::Summary;
+use super::{Progress, Summary};
 use crate::env::{make, Action};
-use crate::error::Result;
-use crate::nn::{clip_grad_norm, Adam, Mlp};
+use crate::error::{Error, Result};
+use crate::learner::{device_name, learner_error, CResult, ClippedAdam, LearnerDevice, Net};
+use crate::nn::Mlp;
 use crate::rng::Rng;
+use crate::runner::Rollout;
+use candle_core::{Device, Tensor, D};
+use flare_core::ObjectRef;
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
+use std::sync::Mutex;
 use std::time::Instant;
 
 /// Hyperparameters; the defaults are CleanRL's for CartPole (with double DQN on).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DqnConfig {
     pub env_id: String,
     pub seed: u64,
@@ -34,6 +45,10 @@ pub struct DqnConfig {
     /// A checkpoint to continue from: its networks, and the step (so the epsilon schedule goes
     /// on where it stopped). The replay buffer starts empty; learning waits for a batch.
     pub resume_from: Option<std::path::PathBuf>,
+    /// Where the learner runs in its process (the default: its GPU if it has one, else the CPU).
+    pub device: LearnerDevice,
+    /// With env runners: GPUs for a learner actor of its own (0 keeps it in the driver).
+    pub learner_num_gpus: f64,
 }
 
 impl Default for DqnConfig {
@@ -58,13 +73,15 @@ impl Default for DqnConfig {
             stop_when_solved: true,
             checkpoint_dir: None,
             resume_from: None,
+            device: LearnerDevice::Auto,
+            learner_num_gpus: 0.0,
         }
     }
 }
 
 struct Transition {
     obs: Vec<f32>,
-    action: usize,
+    action: u32,
     reward: f32,
     next_obs: Vec<f32>,
     /// Terminated (not truncated): no bootstrap from the next state.
@@ -75,42 +92,193 @@ fn argmax(v: &[f32]) -> usize {
     v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0)
 }
 
-/// The Q-network, its target copy and the optimizer.
-fn networks(cfg: &DqnConfig, obs_dim: usize, n_actions: usize, rng: &mut Rng) -> (Mlp, Mlp, Adam) {
-    let sizes = [obs_dim, cfg.hidden, cfg.hidden / 2 + 4, n_actions];
-    let q = Mlp::new(&sizes, 2f32.sqrt(), 1.0, rng);
-    let opt = Adam::new(q.params.len(), cfg.learning_rate, 1e-8);
-    (q.clone(), q, opt)
+/// A fresh Q-network (its target starts as a copy).
+fn q_network(cfg: &DqnConfig, obs_dim: usize, n_actions: usize, rng: &mut Rng) -> Mlp {
+    Mlp::new(&[obs_dim, cfg.hidden, cfg.hidden / 2 + 4, n_actions], 2f32.sqrt(), 1.0, rng)
 }
 
-/// One gradient step on a minibatch from the buffer: mean squared TD error against the target
-/// network (double-DQN targets when asked), gradients clipped by global norm.
-fn learn(cfg: &DqnConfig, q: &mut Mlp, target: &Mlp, opt: &mut Adam, buffer: &VecDeque<Transition>, rng: &mut Rng) {
-    let n_actions = q.sizes.last().copied().unwrap_or(1);
-    let mut grad = vec![0.0f32; q.params.len()];
-    let n = cfg.batch_size as f32;
-    for _ in 0..cfg.batch_size {
-        let t = &buffer[rng.below(buffer.len() as u64) as usize];
-        let next_t = target.forward(&t.next_obs).0;
-        let next_v = if cfg.double_dqn { next_t[argmax(&q.forward(&t.next_obs).0)] } else { next_t[argmax(&next_t)] };
-        let y = t.reward + if t.terminal { 0.0 } else { cfg.gamma * next_v };
-        let (qs, tape) = q.forward(&t.obs);
-        let mut dout = vec![0.0f32; n_actions];
-        // d/dq of mean squared TD error.
-        dout[t.action] = 2.0 * (qs[t.action] - y) / n;
-        q.backward(&tape, &dout, &mut grad);
+/// The mean squared TD error of a minibatch against the target network (double-DQN targets:
+/// the online network picks the next action, the target network values it).
+fn td_loss(q: &Net, target: &Net, b: &[&Transition], cfg: &DqnConfig, dev: &Device) -> CResult<Tensor> {
+    let n = b.len();
+    let d = q.inputs();
+    let obs = Tensor::from_vec(b.iter().flat_map(|t| t.obs.iter().copied()).collect(), (n, d), dev)?;
+    let next = Tensor::from_vec(b.iter().flat_map(|t| t.next_obs.iter().copied()).collect(), (n, d), dev)?;
+    let actions = Tensor::from_vec(b.iter().map(|t| t.action).collect(), (n, 1), dev)?;
+    let rewards = Tensor::from_vec(b.iter().map(|t| t.reward).collect(), n, dev)?;
+    let bootstrap: Vec<f32> = b.iter().map(|t| if t.terminal { 0.0 } else { cfg.gamma }).collect();
+    let bootstrap = Tensor::from_vec(bootstrap, n, dev)?;
+    let next_t = target.forward(&next)?;
+    let next_v = if cfg.double_dqn {
+        let pick = q.forward(&next)?.argmax_keepdim(D::Minus1)?;
+        next_t.gather(&pick, 1)?.squeeze(1)?
+    } else {
+        next_t.max(D::Minus1)?
+    };
+    let y = (rewards + (bootstrap * next_v)?)?.detach();
+    let q_sa = q.forward(&obs)?.gather(&actions, 1)?.squeeze(1)?;
+    (q_sa - y)?.sqr()?.mean_all()
+}
+
+/// What a round of ingesting rollouts hands back.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IngestOutput {
+    /// The Q-network after the round's gradient steps (the runners' next behaviour policy).
+    pub q: Mlp,
+    pub episode_returns: Vec<f64>,
+    pub env_steps: u64,
+    pub learner_s: f64,
+}
+
+/// The Q-network and its target as candle variables, the optimizer and the replay buffer.
+pub struct DqnLearner {
+    cfg: DqnConfig,
+    dev: Device,
+    q: Net,
+    target: Net,
+    opt: ClippedAdam,
+    buffer: VecDeque<Transition>,
+    rng: Rng,
+    /// Env steps seen, and the step of the last gradient step and target sync (rounds of
+    /// rollouts: [`ingest`](Self::ingest)).
+    step: u64,
+    learned_at: u64,
+    synced_at: u64,
+}
+
+impl DqnLearner {
+    /// A learner with these networks, at env step `step` (a resumed run's).
+    pub fn new(cfg: &DqnConfig, q: &Mlp, target: &Mlp, step: u64) -> Result<Self> {
+        let dev = cfg.device.open()?;
+        let build = || -> CResult<(Net, Net, ClippedAdam)> {
+            let (qn, tn) = (Net::from_mlp(q, &dev)?, Net::from_mlp(target, &dev)?);
+            let opt = ClippedAdam::new(qn.vars(), cfg.learning_rate as f64, 1e-8, cfg.max_grad_norm)?;
+            Ok((qn, tn, opt))
+        };
+        let (q, target, opt) = build().map_err(learner_error)?;
+        Ok(DqnLearner {
+            cfg: cfg.clone(),
+            dev,
+            q,
+            target,
+            opt,
+            buffer: VecDeque::with_capacity(cfg.buffer_size),
+            rng: Rng::new(cfg.seed ^ 0xD0_0D),
+            step,
+            learned_at: cfg.learning_starts.max(step),
+            synced_at: step,
+        })
     }
-    clip_grad_norm(&mut [&mut grad], cfg.max_grad_norm);
-    opt.step(&mut q.params, &grad);
+
+    pub fn device(&self) -> String {
+        device_name(&self.dev)
+    }
+
+    fn push(&mut self, t: Transition) {
+        if self.buffer.len() == self.cfg.buffer_size {
+            self.buffer.pop_front();
+        }
+        self.buffer.push_back(t);
+    }
+
+    /// One gradient step on a minibatch from the buffer, once it holds one.
+    fn learn(&mut self) -> Result<()> {
+        if self.buffer.len() < self.cfg.batch_size {
+            return Ok(());
+        }
+        let batch: Vec<&Transition> =
+            (0..self.cfg.batch_size).map(|_| &self.buffer[self.rng.below(self.buffer.len() as u64) as usize]).collect();
+        let loss = td_loss(&self.q, &self.target, &batch, &self.cfg, &self.dev).map_err(learner_error)?;
+        self.opt.step(&loss).map_err(learner_error)?;
+        Ok(())
+    }
+
+    fn sync_target(&self) -> Result<()> {
+        self.target.copy_from(&self.q).map_err(learner_error)
+    }
+
+    /// The Q-network and its target as they are now.
+    pub fn networks(&self) -> Result<(Mlp, Mlp)> {
+        Ok((self.q.to_mlp().map_err(learner_error)?, self.target.to_mlp().map_err(learner_error)?))
+    }
+
+    fn q_mlp(&self) -> Result<Mlp> {
+        self.q.to_mlp().map_err(learner_error)
+    }
+
+    /// Adds rollouts from runners to the buffer, then takes the gradient steps that are due
+    /// (one per `train_frequency` env steps past `learning_starts`, as the single-process loop
+    /// does) and syncs the target network every `target_network_frequency` steps.
+    pub fn ingest(&mut self, rollouts: &[Rollout]) -> Result<IngestOutput> {
+        let t0 = Instant::now();
+        let mut out = IngestOutput {
+            q: Mlp { sizes: Vec::new(), params: Vec::new() },
+            episode_returns: Vec::new(),
+            env_steps: 0,
+            learner_s: 0.0,
+        };
+        for r in rollouts {
+            out.episode_returns.extend(&r.episode_returns);
+            for k in 0..r.actions.len() {
+                self.push(Transition {
+                    obs: r.obs[k].clone(),
+                    action: r.actions[k],
+                    reward: r.rewards[k],
+                    next_obs: r.next_obs[k].clone(),
+                    terminal: r.terminated[k],
+                });
+            }
+            out.env_steps += r.actions.len() as u64;
+        }
+        self.step += out.env_steps;
+        let (freq, sync) = (self.cfg.train_frequency.max(1), self.cfg.target_network_frequency.max(1));
+        while self.step > self.cfg.learning_starts && self.learned_at + freq <= self.step {
+            self.learned_at += freq;
+            self.learn()?;
+        }
+        if self.step >= self.synced_at + sync {
+            self.synced_at = self.step - self.step % sync;
+            self.sync_target()?;
+        }
+        out.q = self.q_mlp()?;
+        out.learner_s = t0.elapsed().as_secs_f64();
+        Ok(out)
+    }
+}
+
+/// A [`DqnLearner`] (with its replay buffer) in a worker process of its own, spawned with the
+/// config's `learner_num_gpus`; it reads the runners' rollouts from the object store.
+pub struct DqnLearnerActor {
+    learner: Mutex<DqnLearner>,
+}
+
+#[flare_macros::actor(crate = ::flare_core)]
+impl DqnLearnerActor {
+    fn new(cfg: DqnConfig, q: Mlp, target: Mlp, step: u64) -> Result<Self, String> {
+        Ok(DqnLearnerActor { learner: Mutex::new(DqnLearner::new(&cfg, &q, &target, step).map_err(|e| e.to_string())?) })
+    }
+
+    fn ingest(&self, rollouts: Vec<ObjectRef<Rollout>>) -> Result<IngestOutput, String> {
+        let rollouts = flare_core::get_all(&rollouts).map_err(|e| e.to_string())?;
+        self.learner.lock().unwrap_or_else(|p| p.into_inner()).ingest(&rollouts).map_err(|e| e.to_string())
+    }
+
+    fn networks(&self) -> Result<(Mlp, Mlp), String> {
+        self.learner.lock().unwrap_or_else(|p| p.into_inner()).networks().map_err(|e| e.to_string())
+    }
+
+    fn device(&self) -> String {
+        self.learner.lock().unwrap_or_else(|p| p.into_inner()).device()
+    }
 }
 
 /// Trains with `num_runners` env-runner actors (one environment each, up to three restarts)
 /// stepping epsilon-greedy with the current Q-network, which reaches them through the object
-/// store every round of `train_frequency * 10` steps per runner; the learner here does one
-/// gradient step per `train_frequency` collected steps, as the single-process loop does.
-/// Needs a running Flare runtime.
-pub fn train_distributed(cfg: &DqnConfig, num_runners: usize, mut progress: impl FnMut(u64, f64)) -> Result<(Summary, Mlp)> {
-    let runtime = |e: flare_core::Error| crate::Error::Runtime(e.to_string());
+/// store every round of `train_frequency * 10` steps per runner; the learner does one gradient
+/// step per `train_frequency` collected steps, as the single-process loop does, here or in a
+/// learner actor (`learner_num_gpus > 0`). Needs a running Flare runtime.
+pub fn train_distributed(cfg: &DqnConfig, num_runners: usize, mut progress: impl FnMut(&Progress)) -> Result<(Summary, Mlp)> {
+    let runtime = |e: flare_core::Error| Error::Runtime(e.to_string());
     let t0 = Instant::now();
     let probe = make(&cfg.env_id)?;
     let n_actions = super::discrete_actions(&*probe, "DQN")?;
@@ -118,126 +286,142 @@ pub fn train_distributed(cfg: &DqnConfig, num_runners: usize, mut progress: impl
     let threshold = probe.reward_threshold().unwrap_or(f64::INFINITY);
     let runners = crate::runner::spawn_runners(&cfg.env_id, 1, cfg.seed, num_runners.max(1))?;
     let mut rng = Rng::new(cfg.seed);
-    let (mut q, mut target, mut opt) = networks(cfg, obs_dim, n_actions, &mut rng);
-    let mut step = resume(cfg, &mut q, &mut target)?;
-    let mut buffer: VecDeque<Transition> = VecDeque::with_capacity(cfg.buffer_size);
+    let fresh = q_network(cfg, obs_dim, n_actions, &mut rng);
+    let (mut q, target, mut step) = resume(cfg, fresh)?;
+    enum Learner {
+        Here(Box<DqnLearner>),
+        Actor(flare_core::ActorHandle<DqnLearnerActor>),
+    }
+    let learner = if cfg.learner_num_gpus > 0.0 {
+        let a = DqnLearnerActor::remote(cfg.clone(), q.clone(), target, step)
+            .num_gpus(cfg.learner_num_gpus)
+            .num_cpus(0.0)
+            .spawn()
+            .map_err(runtime)?;
+        Learner::Actor(a)
+    } else {
+        Learner::Here(Box::new(DqnLearner::new(cfg, &q, &target, step)?))
+    };
+    let mut learner = learner;
+    let device = match &learner {
+        Learner::Here(l) => l.device(),
+        Learner::Actor(a) => a.device().get().map_err(runtime)?,
+    };
     let mut recent = super::Recent::default();
     let explore_steps = (cfg.exploration_fraction * cfg.total_env_steps as f64).max(1.0);
     let chunk = (cfg.train_frequency * 10).max(1);
-    let mut learned_at = cfg.learning_starts.max(step);
-    let mut synced_at = step;
     let mut reported_at = step;
+    let mut learner_s = 0.0;
     while step < cfg.total_env_steps {
         let eps = cfg.start_e + (cfg.end_e - cfg.start_e) * (step as f64 / explore_steps).min(1.0);
         let weights = flare_core::put(&q).map_err(runtime)?;
         let refs: Vec<_> = runners.iter().map(|r| r.sample_epsilon(&weights, eps, chunk as u32)).collect();
-        for r in flare_core::get_all(&refs).map_err(runtime)? {
-            r.episode_returns.iter().for_each(|ret| recent.push(*ret));
-            for k in 0..r.actions.len() {
-                if buffer.len() == cfg.buffer_size {
-                    buffer.pop_front();
-                }
-                buffer.push_back(Transition {
-                    obs: r.obs[k].clone(),
-                    action: r.actions[k] as usize,
-                    reward: r.rewards[k],
-                    next_obs: r.next_obs[k].clone(),
-                    terminal: r.terminated[k],
-                });
-            }
-            step += r.actions.len() as u64;
-        }
-        while step > cfg.learning_starts && learned_at + cfg.train_frequency <= step {
-            learned_at += cfg.train_frequency;
-            if buffer.len() >= cfg.batch_size {
-                learn(cfg, &mut q, &target, &mut opt, &buffer, &mut rng);
-            }
-        }
-        if step >= synced_at + cfg.target_network_frequency {
-            synced_at = step - step % cfg.target_network_frequency;
-            target = q.clone();
-        }
+        let out = match &mut learner {
+            Learner::Here(l) => l.ingest(&flare_core::get_all(&refs).map_err(runtime)?)?,
+            Learner::Actor(a) => a.ingest(refs).get().map_err(runtime)?,
+        };
+        out.episode_returns.iter().for_each(|ret| recent.push(*ret));
+        step += out.env_steps;
+        learner_s += out.learner_s;
+        q = out.q;
         if step >= reported_at + 1000 {
             reported_at = step - step % 1000;
-            progress(step, recent.mean());
+            progress(&Progress { env_steps: step, mean_return: recent.mean(), wall_s: t0.elapsed().as_secs_f64(), learner_s });
             if cfg.stop_when_solved && recent.solved(threshold) {
                 break;
             }
         }
     }
-    save(cfg, &q, &target, step)?;
-    Ok((recent.summary(threshold, step, t0), q))
+    let (q_end, target_end) = match &learner {
+        Learner::Here(l) => l.networks()?,
+        Learner::Actor(a) => a.networks().get().map_err(runtime)?,
+    };
+    save(cfg, &q_end, &target_end, step)?;
+    let mut summary = recent.summary(threshold, step, t0);
+    summary.learner_s = learner_s;
+    summary.learner_device = Some(device);
+    Ok((summary, q_end))
 }
 
-/// Trains a Q-network; `progress` gets `(env_steps, mean_return_last_100)` every 1,000 steps.
-pub fn train(cfg: &DqnConfig, mut progress: impl FnMut(u64, f64)) -> Result<(Summary, Mlp)> {
+/// Trains a Q-network; `progress` gets a [`Progress`] every 1,000 steps.
+pub fn train(cfg: &DqnConfig, mut progress: impl FnMut(&Progress)) -> Result<(Summary, Mlp)> {
+    if cfg.learner_num_gpus > 0.0 {
+        return Err(Error::Learner(
+            "learner_num_gpus puts the learner in an actor of its own, which needs env-runner actors \
+             (train_distributed, --num-env-runners); in this process use `device` instead"
+                .into(),
+        ));
+    }
     let t0 = Instant::now();
     let mut env = make(&cfg.env_id)?;
     let n_actions = super::discrete_actions(&*env, "DQN")?;
     let obs_dim = env.observation_space().dim();
     let threshold = env.reward_threshold().unwrap_or(f64::INFINITY);
     let mut rng = Rng::new(cfg.seed);
-    let (mut q, mut target, mut opt) = networks(cfg, obs_dim, n_actions, &mut rng);
-    let mut step = resume(cfg, &mut q, &mut target)?;
-    let mut buffer: VecDeque<Transition> = VecDeque::with_capacity(cfg.buffer_size);
+    let fresh = q_network(cfg, obs_dim, n_actions, &mut rng);
+    let (mut q, target, mut step) = resume(cfg, fresh)?;
+    let mut learner = DqnLearner::new(cfg, &q, &target, step)?;
     let mut recent = super::Recent::default();
     let (mut obs, _) = env.reset(Some(cfg.seed));
     let mut ep_ret = 0.0f64;
     let explore_steps = (cfg.exploration_fraction * cfg.total_env_steps as f64).max(1.0);
+    let mut learner_s = 0.0;
     while step < cfg.total_env_steps {
         let eps = cfg.start_e + (cfg.end_e - cfg.start_e) * (step as f64 / explore_steps).min(1.0);
-        let a = if rng.next_f64() < eps { rng.below(n_actions as u64) as usize } else { argmax(&q.forward(&obs).0) };
+        let a = if rng.next_f64() < eps { rng.below(n_actions as u64) as usize } else { argmax(&q.forward(&obs)) };
         let st = env.step(&Action::Discrete(a as i64))?;
         step += 1;
         ep_ret += st.reward;
-        if buffer.len() == cfg.buffer_size {
-            buffer.pop_front();
-        }
-        buffer.push_back(Transition {
-            obs: obs.clone(),
-            action: a,
+        learner.push(Transition {
+            obs: std::mem::replace(&mut obs, st.obs.clone()),
+            action: a as u32,
             reward: st.reward as f32,
-            next_obs: st.obs.clone(),
+            next_obs: st.obs,
             terminal: st.terminated,
         });
-        obs = st.obs;
         if st.terminated || st.truncated {
             recent.push(ep_ret);
             ep_ret = 0.0;
             obs = env.reset(None).0;
         }
-        if step > cfg.learning_starts && step % cfg.train_frequency == 0 && buffer.len() >= cfg.batch_size {
-            learn(cfg, &mut q, &target, &mut opt, &buffer, &mut rng);
+        if step > cfg.learning_starts && step % cfg.train_frequency.max(1) == 0 {
+            let t = Instant::now();
+            learner.learn()?;
+            q = learner.q_mlp()?;
+            learner_s += t.elapsed().as_secs_f64();
         }
-        if step % cfg.target_network_frequency == 0 {
-            target = q.clone();
+        if step % cfg.target_network_frequency.max(1) == 0 {
+            learner.sync_target()?;
         }
         if step % 1000 == 0 {
-            progress(step, recent.mean());
+            progress(&Progress { env_steps: step, mean_return: recent.mean(), wall_s: t0.elapsed().as_secs_f64(), learner_s });
             if cfg.stop_when_solved && recent.solved(threshold) {
                 break;
             }
         }
     }
-    save(cfg, &q, &target, step)?;
-    Ok((recent.summary(threshold, step, t0), q))
+    let (q_end, target_end) = learner.networks()?;
+    save(cfg, &q_end, &target_end, step)?;
+    let mut summary = recent.summary(threshold, step, t0);
+    summary.learner_s = learner_s;
+    summary.learner_device = Some(learner.device());
+    Ok((summary, q_end))
 }
 
-/// Loads `cfg.resume_from` into the networks; the step to go on from (0 without one).
-fn resume(cfg: &DqnConfig, q: &mut Mlp, target: &mut Mlp) -> Result<u64> {
-    let Some(dir) = &cfg.resume_from else { return Ok(0) };
-    let (lq, lt, step) = load_checkpoint(dir)?;
-    if lq.sizes != q.sizes || lt.sizes != target.sizes {
-        return Err(crate::Error::Learner(format!(
+/// The Q-network, its target and the step to start from: `cfg.resume_from`'s, or `fresh` twice
+/// at step 0.
+fn resume(cfg: &DqnConfig, fresh: Mlp) -> Result<(Mlp, Mlp, u64)> {
+    let Some(dir) = &cfg.resume_from else { return Ok((fresh.clone(), fresh, 0)) };
+    let (q, target, step) = load_checkpoint(dir)?;
+    if q.sizes != fresh.sizes || target.sizes != fresh.sizes {
+        return Err(Error::Learner(format!(
             "the checkpoint in {} has a Q-network {:?}, this run builds {:?}",
             dir.display(),
-            lq.sizes,
-            q.sizes
+            q.sizes,
+            fresh.sizes
         )));
     }
-    *q = lq;
-    *target = lt;
-    Ok(step)
+    Ok((q, target, step))
 }
 
 fn save(cfg: &DqnConfig, q: &Mlp, target: &Mlp, step: u64) -> Result<()> {

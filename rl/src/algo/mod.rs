@@ -20,6 +20,24 @@ pub struct Summary {
     /// Mean return of deterministic evaluation episodes after training, where the run made them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_return: Option<f64>,
+    /// Seconds spent in the learner (computing updates), of `wall_s`.
+    pub learner_s: f64,
+    /// Where the learner ran: `cpu` or `cuda:N` (in its process).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub learner_device: Option<String>,
+}
+
+/// What a training run reports as it goes, after each update (PPO, A2C) or every 1,000 env
+/// steps (DQN, SAC).
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub env_steps: u64,
+    /// Mean return over the last 100 episodes (negative infinity before the first ends).
+    pub mean_return: f64,
+    /// Seconds since training started.
+    pub wall_s: f64,
+    /// Of those, seconds spent in the learner.
+    pub learner_s: f64,
 }
 
 /// The returns of the last 100 episodes, which decide "solved" (gymnasium's convention).
@@ -60,6 +78,8 @@ impl Recent {
             wall_s: started.elapsed().as_secs_f64(),
             episodes: self.episodes,
             eval_return: None,
+            learner_s: 0.0,
+            learner_device: None,
         }
     }
 }

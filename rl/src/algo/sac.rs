@@ -7,9 +7,10 @@
 //! `-dim(action)`. Checkpoints are safetensors files (`actor`, `qf1`, `qf2` and their targets,
 //! `log_alpha`) with the step count beside them; a run resumes from one.
 
-use super::Summary;
+use super::{Progress, Summary};
 use crate::env::{make, Action};
 use crate::error::{Error, Result};
+use crate::learner::{learner_error, CResult, LearnerDevice};
 use crate::rng::Rng;
 use crate::spaces::Space;
 use candle_core::{DType, Device, Module, Tensor, Var, D};
@@ -43,6 +44,8 @@ pub struct SacConfig {
     pub checkpoint_every: u64,
     /// Start from this checkpoint's weights, temperature and step count.
     pub resume_from: Option<PathBuf>,
+    /// Where the learner runs (the default: this process's GPU if it has one, else the CPU).
+    pub device: LearnerDevice,
 }
 
 impl Default for SacConfig {
@@ -66,18 +69,13 @@ impl Default for SacConfig {
             checkpoint_dir: None,
             checkpoint_every: 0,
             resume_from: None,
+            device: LearnerDevice::Auto,
         }
     }
 }
 
 const LOG_STD_MIN: f64 = -5.0;
 const LOG_STD_MAX: f64 = 2.0;
-
-type CResult<T> = std::result::Result<T, candle_core::Error>;
-
-fn learner_error(e: candle_core::Error) -> Error {
-    Error::Learner(e.to_string())
-}
 
 struct QNet {
     l1: Linear,
@@ -421,12 +419,12 @@ fn box_bounds(space: &Space, env: &str) -> Result<(Vec<f32>, Vec<f32>)> {
 }
 
 /// Trains a policy; `progress` gets `(env_steps, mean_return_last_100)` every 1,000 steps.
-pub fn train(cfg: &SacConfig, mut progress: impl FnMut(u64, f64)) -> Result<(Summary, Sac)> {
+pub fn train(cfg: &SacConfig, mut progress: impl FnMut(&Progress)) -> Result<(Summary, Sac)> {
     let t0 = Instant::now();
     let mut env = make(&cfg.env_id)?;
     let (low, high) = box_bounds(&env.action_space(), &cfg.env_id)?;
     let obs_dim = env.observation_space().dim();
-    let dev = Device::cuda_if_available(0).map_err(learner_error)?;
+    let dev = cfg.device.open()?;
     let mut sac = Sac::new(cfg, obs_dim, &low, &high, dev).map_err(learner_error)?;
     let mut step = 0u64;
     if let Some(dir) = &cfg.resume_from {
@@ -439,6 +437,7 @@ pub fn train(cfg: &SacConfig, mut progress: impl FnMut(u64, f64)) -> Result<(Sum
     let mut recent = super::Recent::default();
     let (mut obs, _) = env.reset(Some(cfg.seed));
     let mut ep_ret = 0.0f64;
+    let mut learner_s = 0.0;
     // A resumed learner acts with its policy from the start; a fresh one explores first.
     let random_until = if cfg.resume_from.is_some() { step } else { cfg.learning_starts };
     let learn_from = step + if cfg.resume_from.is_some() { cfg.batch_size as u64 } else { cfg.learning_starts };
@@ -461,13 +460,15 @@ pub fn train(cfg: &SacConfig, mut progress: impl FnMut(u64, f64)) -> Result<(Sum
         if step > learn_from && replay.len >= cfg.batch_size {
             let batch = replay.sample(cfg.batch_size, &mut rng);
             let policy_steps = if step % cfg.policy_frequency == 0 { cfg.policy_frequency } else { 0 };
+            let t = Instant::now();
             sac.update(&batch, &mut rng, policy_steps, cfg.tau, cfg.gamma).map_err(learner_error)?;
+            learner_s += t.elapsed().as_secs_f64();
         }
         if let (Some(dir), true) = (&cfg.checkpoint_dir, cfg.checkpoint_every > 0 && step % cfg.checkpoint_every.max(1) == 0) {
             sac.save(dir, step)?;
         }
         if step % 1000 == 0 {
-            progress(step, recent.mean());
+            progress(&Progress { env_steps: step, mean_return: recent.mean(), wall_s: t0.elapsed().as_secs_f64(), learner_s });
             if recent.solved(threshold) {
                 break;
             }
@@ -476,7 +477,9 @@ pub fn train(cfg: &SacConfig, mut progress: impl FnMut(u64, f64)) -> Result<(Sum
     if let Some(dir) = &cfg.checkpoint_dir {
         sac.save(dir, step)?;
     }
-    let summary = recent.summary(threshold, step, t0);
+    let mut summary = recent.summary(threshold, step, t0);
+    summary.learner_s = learner_s;
+    summary.learner_device = Some(crate::learner::device_name(&sac.dev));
     Ok((summary, sac))
 }
 
@@ -485,7 +488,7 @@ pub fn load(env_id: &str, dir: &Path, hidden: usize) -> Result<Sac> {
     let env = make(env_id)?;
     let (low, high) = box_bounds(&env.action_space(), env_id)?;
     let cfg = SacConfig { hidden, ..Default::default() };
-    let dev = Device::cuda_if_available(0).map_err(learner_error)?;
+    let dev = LearnerDevice::Auto.open()?;
     let mut sac = Sac::new(&cfg, env.observation_space().dim(), &low, &high, dev).map_err(learner_error)?;
     sac.load(dir)?;
     Ok(sac)
