@@ -45,6 +45,9 @@ for line in sys.stdin:
         scripts/build-cuda.sh test-bin -q -p flare-train --test gpu --message-format=json 2>/dev/null | copy_test_bin gpu test-train-cuda
         # SAC's candle learner on CUDA (the same test as on the CPU; the device is picked at run time).
         scripts/build-cuda.sh test-bin -q -p flare-rl --test sac --message-format=json 2>/dev/null | copy_test_bin sac test-sac-cuda
+        # PPO's and DQN's learner actors on the GPU the scheduler assigns (they must report cuda:0).
+        scripts/build-cuda.sh test-bin -q -p flare-rl --test learner_actor --message-format=json 2>/dev/null |
+            copy_test_bin learner_actor test-rl-learner-cuda
     fi
     # The machine has no ../shared: the training oracle travels in the bundle.
     oracle=../shared/oracles/train
@@ -100,6 +103,9 @@ run() {
     fi
     if [ -x "$b/test-sac-cuda" ]; then
         step test-sac-cuda "$b/test-sac-cuda" --test-threads=1 --nocapture
+    fi
+    if [ -x "$b/test-rl-learner-cuda" ]; then
+        step test-rl-learner-cuda "$b/test-rl-learner-cuda" --test-threads=1 --nocapture
     fi
     for op in all-reduce all-gather broadcast; do
         step "bench-nccl-$op" "$b/flare" bench collectives --op "$op" --backend nccl --world-size 1 \
