@@ -352,6 +352,8 @@ pub struct SubmitArgs {
     pub submission_id: Option<String>,
     pub num_cpus: Option<f64>,
     pub num_gpus: Option<f64>,
+    /// `--entrypoint-resources`: a JSON object.
+    pub resources: Option<String>,
     pub env: Vec<String>,
     pub entrypoint: Vec<String>,
 }
@@ -389,6 +391,11 @@ pub fn submit(c: &HeadClient, a: SubmitArgs) -> anyhow::Result<()> {
     }
     if let Some(n) = a.num_gpus {
         req["entrypoint_num_gpus"] = n.into();
+    }
+    if let Some(r) = &a.resources {
+        let v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(r)
+            .with_context(|| format!("--entrypoint-resources `{r}` is not a JSON object of resource amounts"))?;
+        req["entrypoint_resources"] = v.into();
     }
     let r = c.post_json("/api/jobs/", &req).map_err(anyhow::Error::msg)?.ok_json().map_err(anyhow::Error::msg)?;
     let id = r["submission_id"].as_str().unwrap_or_default().to_string();

@@ -223,6 +223,9 @@ enum JobCommand {
         entrypoint_num_cpus: Option<f64>,
         #[arg(long)]
         entrypoint_num_gpus: Option<f64>,
+        /// Custom resources for the entrypoint, as JSON (`{"special": 1}`), as Ray's flag takes.
+        #[arg(long)]
+        entrypoint_resources: Option<String>,
         /// Environment variables for the entrypoint, KEY=VALUE (repeatable).
         #[arg(long)]
         env: Vec<String>,
@@ -468,6 +471,7 @@ fn main() -> anyhow::Result<()> {
                     submission_id,
                     entrypoint_num_cpus,
                     entrypoint_num_gpus,
+                    entrypoint_resources,
                     env,
                     entrypoint,
                 } => cluster::submit(
@@ -478,6 +482,7 @@ fn main() -> anyhow::Result<()> {
                         submission_id,
                         num_cpus: entrypoint_num_cpus,
                         num_gpus: entrypoint_num_gpus,
+                        resources: entrypoint_resources,
                         env,
                         entrypoint,
                     },

@@ -356,3 +356,135 @@ fn a_placement_group_bundle_moves_off_a_dead_node() {
     flare::remove_placement_group(&pg).unwrap();
     flare::shutdown();
 }
+
+/// Polls a job until its status is one of `want`.
+fn wait_job(hc: &flare::head::client::HeadClient, id: &str, want: &[&str], within: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let j = hc.get(&format!("/api/jobs/{id}")).unwrap().ok_json().unwrap();
+        if want.contains(&j["status"].as_str().unwrap_or("")) {
+            return j;
+        }
+        assert!(Instant::now() < deadline, "job {id} never reached {want:?}: {j}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn job_logs(hc: &flare::head::client::HeadClient, id: &str) -> String {
+    hc.get(&format!("/api/jobs/{id}/logs")).unwrap().ok_json().unwrap()["logs"].as_str().unwrap_or("").to_string()
+}
+
+#[test]
+fn jobs_run_on_a_node_that_has_their_resources() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = TestCluster::start(flare_bin(), 1.0).unwrap();
+    c.add_node("n1", 2.0, 0.0, &[("special", 1.0)]).unwrap();
+    c.add_node("n2", 1.0, 0.0, &[]).unwrap();
+    let hc = c.client();
+
+    // A working dir package; the entrypoint needs `special`, which only n1 has: the package
+    // goes to n1's agent, the entrypoint runs there, its output lands in the head's log.
+    let wd = c.dir.join("wd");
+    std::fs::create_dir_all(&wd).unwrap();
+    std::fs::write(wd.join("run.sh"), "echo \"on $FLARE_NODE_NAME as $FLARE_JOB_ID, $WHO\"; cat data.txt; echo oops >&2\n")
+        .unwrap();
+    std::fs::write(wd.join("data.txt"), "payload from the package\n").unwrap();
+    let (name, zip) = flare::head::package::zip_dir(&wd, 1 << 20).unwrap();
+    let pkg = format!("/api/packages/gcs/{name}");
+    assert_eq!(hc.request("PUT", &pkg, Some(("application/zip", &zip))).unwrap().status, 200);
+    let submit = |body: serde_json::Value| hc.post_json("/api/jobs/", &body).unwrap();
+    let r = submit(serde_json::json!({
+        "entrypoint": "sh run.sh",
+        "submission_id": "on-n1",
+        "runtime_env": {"working_dir": format!("gcs://{name}"), "env_vars": {"WHO": "with env"}},
+        "entrypoint_resources": {"special": 1},
+    }));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = wait_job(&hc, "on-n1", &["SUCCEEDED", "FAILED"], Duration::from_secs(30));
+    let logs = job_logs(&hc, "on-n1");
+    assert_eq!(j["status"], "SUCCEEDED", "{j}\n{logs}");
+    assert_eq!(j["driver_node_id"], "n1", "{j}");
+    assert!(logs.contains("on n1 as on-n1, with env"), "{logs}");
+    assert!(logs.contains("payload from the package") && logs.contains("oops"), "{logs}");
+
+    // Two CPUs fit only on n1; a job that fits on the head stays there.
+    submit(
+        serde_json::json!({"entrypoint": "echo $FLARE_NODE_NAME; exit 3", "submission_id": "two-cpus", "entrypoint_num_cpus": 2}),
+    );
+    let j = wait_job(&hc, "two-cpus", &["FAILED", "SUCCEEDED"], Duration::from_secs(30));
+    assert_eq!((j["driver_node_id"].as_str(), j["driver_exit_code"].as_i64()), (Some("n1"), Some(3)), "{j}");
+    assert!(j["message"].as_str().unwrap().contains("exit code 3"), "{j}");
+    submit(serde_json::json!({"entrypoint": "true", "submission_id": "small", "entrypoint_num_cpus": 1}));
+    assert_eq!(wait_job(&hc, "small", &["SUCCEEDED"], Duration::from_secs(30))["driver_node_id"], "head");
+    // `flare job submit --entrypoint-resources` (Ray's flag) places it the same way.
+    let cli = |extra: &[&str]| {
+        std::process::Command::new(flare_bin())
+            .args(["job", "submit", "--temp-dir"])
+            .arg(&c.dir)
+            .args(extra)
+            .env_remove("FLARE_ADDRESS")
+            .env_remove("FLARE_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["--entrypoint-resources", r#"{"special": 1}"#, "--", "echo", "via-cli-on", "$FLARE_NODE_NAME"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("via-cli-on n1"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&["--entrypoint-resources", "special=1", "--", "true"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a JSON object"));
+    // More than any one node has is refused at once, naming the most a node has.
+    let r = submit(serde_json::json!({"entrypoint": "true", "entrypoint_num_cpus": 3}));
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("3 CPU (the most a node has: 2)"), "{}", r.text());
+
+    // While a remote job holds n1's `special`, the next waits, PENDING; stopping the first
+    // ends its whole process group on n1 and the second runs.
+    submit(
+        serde_json::json!({"entrypoint": "sleep 61 & sleep 61; wait", "submission_id": "sleeper", "entrypoint_resources": {"special": 1}}),
+    );
+    wait_job(&hc, "sleeper", &["RUNNING"], Duration::from_secs(30));
+    submit(serde_json::json!({"entrypoint": "echo second", "submission_id": "second", "entrypoint_resources": {"special": 1}}));
+    std::thread::sleep(Duration::from_millis(500));
+    let st = hc.get("/api/cluster_status").unwrap().ok_json().unwrap();
+    let n1 = st["nodes"].as_array().unwrap().iter().find(|n| n["node_id"] == "n1").unwrap().clone();
+    assert_eq!(n1["resources_used_by_jobs"]["special"], 1.0, "{n1}");
+    assert_eq!(hc.get("/api/jobs/second").unwrap().ok_json().unwrap()["status"], "PENDING");
+    let sleepers = || sleepers_of("sleep 61");
+    assert_eq!(sleepers(), 2, "the entrypoint's two sleeps run");
+    assert_eq!(hc.request("POST", "/api/jobs/sleeper/stop", None).unwrap().ok_json().unwrap()["stopped"], true);
+    let j = wait_job(&hc, "sleeper", &["STOPPED", "FAILED", "SUCCEEDED"], Duration::from_secs(15));
+    assert_eq!(j["status"], "STOPPED", "{j}");
+    let j = wait_job(&hc, "second", &["SUCCEEDED", "FAILED"], Duration::from_secs(30));
+    assert_eq!((j["status"].as_str(), j["driver_node_id"].as_str()), (Some("SUCCEEDED"), Some("n1")), "{j}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sleepers() > 0 {
+        assert!(Instant::now() < deadline, "the stopped job's processes outlived the stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A node that dies under its job fails the job, saying so; the resources come back.
+    submit(
+        serde_json::json!({"entrypoint": "echo started; sleep 62", "submission_id": "doomed", "entrypoint_resources": {"special": 1}}),
+    );
+    wait_job(&hc, "doomed", &["RUNNING"], Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sleepers_of("sleep 62") != 1 {
+        assert!(Instant::now() < deadline, "the job's sleep never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.kill_node("n1").unwrap();
+    let j = wait_job(&hc, "doomed", &["FAILED", "SUCCEEDED", "STOPPED"], Duration::from_secs(15));
+    assert_eq!(j["status"], "FAILED", "{j}");
+    assert!(j["message"].as_str().unwrap().contains("node n1"), "{j}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sleepers_of("sleep 62") > 0 {
+        assert!(Instant::now() < deadline, "the dead node's job outlived its agent");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sleepers_of(cmd: &str) -> usize {
+    let out = std::process::Command::new("pgrep").args(["-f", &format!("^{cmd}$")]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}

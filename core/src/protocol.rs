@@ -98,6 +98,12 @@ pub enum Hello {
     Pull { token: String, path: String, offset: u64, len: u64, consume: bool },
     /// A driver asks a node agent to run workers for it; `ToAgent`/`FromAgent` follow.
     Driver { token: String, exe_hash: String, exe_size: u64, pid: u32, worker_addr: String },
+    /// The head asks a node agent to run a job's entrypoint (`sh -c`) with `env`: the working
+    /// dir's zip follows as `ToAgent::PackageChunk`s (`package_size` bytes, none for no
+    /// package); the agent answers `FromAgent::JobStarted` or `Refused`, streams the output as
+    /// `JobOutput` and ends with `JobExited`. `ToAgent::StopJob`, or the head closing the
+    /// connection, stops the job (SIGTERM to its process group, SIGKILL 3 s later).
+    Job { token: String, id: String, entrypoint: String, env: Vec<(String, String)>, package_size: u64 },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -120,6 +126,9 @@ pub enum ToAgent {
     Kill {
         wid: WorkerId,
     },
+    /// Part of a job's working-dir package.
+    PackageChunk(#[serde(with = "serde_bytes")] Vec<u8>),
+    StopJob,
 }
 
 /// Node agent to driver.
@@ -143,6 +152,17 @@ pub enum FromAgent {
     Log {
         wid: WorkerId,
         line: String,
+    },
+    /// A job's entrypoint runs, as process (group) `pid` on the agent's machine.
+    JobStarted {
+        pid: u32,
+    },
+    /// Output of the job (stdout and stderr, in the order read).
+    JobOutput(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The entrypoint exited with `code`, or was ended by `signal`.
+    JobExited {
+        code: Option<i32>,
+        signal: Option<i32>,
     },
 }
 

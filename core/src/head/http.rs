@@ -302,7 +302,7 @@ async fn cluster_status(State(s): S) -> Json<serde_json::Value> {
         .into_iter()
         .map(|n| {
             let mut v = serde_json::to_value(&n).unwrap();
-            v["resources_used_by_jobs"] = if n.is_head { json!(s.jobs.used()) } else { json!({}) };
+            v["resources_used_by_jobs"] = json!(s.jobs.used_on(&n.node_id));
             v["resources_used_by_drivers"] = json!(used.get(&n.node_id).cloned().unwrap_or_default());
             v
         })
@@ -336,8 +336,12 @@ async fn metrics(State(s): S) -> impl IntoResponse {
         out += &format!("flare_node_alive{{node=\"{}\"}} {}\n", n.node_id, u8::from(n.alive));
     }
     out += "# HELP flare_node_resource_used_by_jobs Resources job entrypoints hold.\n# TYPE flare_node_resource_used_by_jobs gauge\n";
-    for (k, v) in s.jobs.used() {
-        out += &format!("flare_node_resource_used_by_jobs{{node=\"head\",resource=\"{k}\"}} {v}\n");
+    for n in &nodes {
+        let mut used: Vec<_> = s.jobs.used_on(&n.node_id).into_iter().collect();
+        used.sort_by(|a, b| a.0.cmp(&b.0));
+        for (k, v) in used {
+            out += &format!("flare_node_resource_used_by_jobs{{node=\"{}\",resource=\"{k}\"}} {v}\n", n.node_id);
+        }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -1,4 +1,7 @@
 //! Jobs: a shell entrypoint run in its unpacked working dir, with Ray's statuses and fields.
+//! The entrypoint's resources are reserved on a node that has them free: the head's machine
+//! when it fits there, else the first live node agent that has them, which runs it and streams
+//! its output back into the head's log of the job.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -11,7 +14,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::db::Db;
+use super::rpc::NodeEntry;
 use super::{now_ms, HeadOptions};
+
+/// The head's node table, shared with the gRPC service that keeps it.
+pub(crate) type NodeTable = Arc<Mutex<HashMap<String, NodeEntry>>>;
 
 /// Ray's job statuses, spelled as Ray spells them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,19 +88,26 @@ pub(crate) struct ApiError(pub u16, pub String);
 
 struct Inner {
     jobs: HashMap<String, JobInfo>,
-    /// Resources reserved by running entrypoints.
-    used: HashMap<String, f64>,
+    /// Resources reserved by running entrypoints, by node.
+    used: HashMap<String, HashMap<String, f64>>,
     stop_requested: std::collections::HashSet<String>,
 }
 
+#[derive(Clone)]
 pub(crate) struct Jobs {
     inner: Arc<(Mutex<Inner>, Condvar)>,
     db: Arc<Db>,
     session: PathBuf,
+    /// The head machine's resources (what the head node offers entrypoints).
     total: HashMap<String, f64>,
+    nodes: NodeTable,
+    token: String,
 }
 
-fn valid_id(id: &str) -> bool {
+/// The head's own node in the node table.
+pub(crate) const HEAD_NODE: &str = "head";
+
+pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && id.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
@@ -116,7 +130,7 @@ fn log_tail(path: &Path, max: usize) -> String {
 impl Jobs {
     /// Loads the jobs of an earlier head. Jobs that were pending or running when it stopped
     /// are marked failed, and their leftover processes (verified by their job id) are killed.
-    pub fn recover(db: Arc<Db>, opts: &HeadOptions) -> Result<Jobs, String> {
+    pub fn recover(db: Arc<Db>, opts: &HeadOptions, nodes: NodeTable, token: String) -> Result<Jobs, String> {
         let mut jobs = HashMap::new();
         for (id, bytes) in db.jobs()? {
             let Ok(mut j) = serde_json::from_slice::<JobInfo>(&bytes) else { continue };
@@ -144,6 +158,8 @@ impl Jobs {
             db,
             session: opts.session_dir.clone(),
             total,
+            nodes,
+            token,
         })
     }
 
@@ -167,7 +183,8 @@ impl Jobs {
         v
     }
 
-    /// The resources a request reserves, checked against what the head's machine has.
+    /// The resources a request reserves, checked against what the cluster's nodes have: some
+    /// live node must have them all.
     fn demand(&self, r: &SubmitRequest) -> Result<HashMap<String, f64>, ApiError> {
         let mut d: HashMap<String, f64> = r.entrypoint_resources.clone().unwrap_or_default();
         if let Some(c) = r.entrypoint_num_cpus {
@@ -183,15 +200,30 @@ impl Jobs {
             if !v.is_finite() || *v < 0.0 {
                 return Err(ApiError(400, format!("entrypoint resource {k} = {v} must be a non-negative number")));
             }
-            let have = self.total.get(k).copied().unwrap_or(0.0);
-            if *v > have + 1e-9 {
-                return Err(ApiError(
-                    400,
-                    format!("the entrypoint asks for {v} {k} but the cluster has {have} in all; ask for less or add a node that has it"),
-                ));
-            }
+        }
+        let totals = self.node_totals();
+        if !totals.iter().any(|(_, _, total)| fits(&d, total, &HashMap::new())) {
+            let largest = |k: &str| totals.iter().map(|(_, _, t)| t.get(k).copied().unwrap_or(0.0)).fold(0.0, f64::max);
+            let short: Vec<String> = d
+                .iter()
+                .filter(|(k, v)| **v > largest(k) + 1e-9)
+                .map(|(k, v)| format!("{v} {k} (the most a node has: {})", largest(k)))
+                .collect();
+            let what = if short.is_empty() { format!("{d:?} on one node; no node has all of them") } else { short.join(", ") };
+            return Err(ApiError(400, format!("the entrypoint asks for {what}; ask for less or add a node that has it")));
         }
         Ok(d)
+    }
+
+    /// Live nodes as `(id, agent address, resources)`: the head's machine first, then node
+    /// agents by id.
+    fn node_totals(&self) -> Vec<(String, Option<String>, HashMap<String, f64>)> {
+        let mut v = vec![(HEAD_NODE.to_string(), None, self.total.clone())];
+        let nodes = self.nodes.lock().unwrap();
+        let mut agents: Vec<&NodeEntry> = nodes.values().filter(|n| n.alive && !n.is_head).collect();
+        agents.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        v.extend(agents.into_iter().map(|n| (n.node_id.clone(), Some(n.address.clone()), n.resources_total.clone())));
+        v
     }
 
     pub fn submit(&self, r: SubmitRequest) -> Result<String, ApiError> {
@@ -263,10 +295,10 @@ impl Jobs {
         }
         Self::save(&self.db, &job);
         let launch = Launch { id: id.clone(), entrypoint: r.entrypoint, log: self.log_path(&id), working_dir, env_vars, demand };
-        let (inner, db, session, total) = (self.inner.clone(), self.db.clone(), self.session.clone(), self.total.clone());
+        let jobs = self.clone();
         std::thread::Builder::new()
             .name(format!("flare-job-{id}"))
-            .spawn(move || supervise(inner, db, session, total, launch))
+            .spawn(move || jobs.supervise(launch))
             .map_err(|e| ApiError(500, e.to_string()))?;
         Ok(id)
     }
@@ -358,8 +390,9 @@ impl Jobs {
         m
     }
 
-    pub fn used(&self) -> HashMap<String, f64> {
-        self.inner.0.lock().unwrap().used.clone()
+    /// What running entrypoints hold on `node`.
+    pub fn used_on(&self, node: &str) -> HashMap<String, f64> {
+        self.inner.0.lock().unwrap().used.get(node).cloned().unwrap_or_default()
     }
     pub fn total(&self) -> &HashMap<String, f64> {
         &self.total
@@ -379,7 +412,7 @@ fn kill_if_ours(pgid: i32, id: &str) {
 /// The largest working dir a package may unpack to.
 const MAX_UNPACKED: u64 = 8 << 30;
 
-fn unpack(zip_path: &Path, into: &Path) -> Result<(), String> {
+pub(crate) fn unpack(zip_path: &Path, into: &Path) -> Result<(), String> {
     let f = std::fs::File::open(zip_path).map_err(|e| format!("{}: {e}", zip_path.display()))?;
     let mut z = zip::ZipArchive::new(f).map_err(|e| format!("the working_dir package is not a zip file: {e}"))?;
     let mut total = 0u64;
@@ -423,17 +456,34 @@ struct Launch {
     demand: HashMap<String, f64>,
 }
 
-fn supervise(inner: Arc<(Mutex<Inner>, Condvar)>, db: Arc<Db>, session: PathBuf, total: HashMap<String, f64>, launch: Launch) {
-    let Launch { id, entrypoint, log, working_dir, env_vars, demand } = launch;
-    let update = |f: &mut dyn FnMut(&mut JobInfo)| {
-        let mut g = inner.0.lock().unwrap();
-        if let Some(j) = g.jobs.get_mut(&id) {
+/// Whether `demand` fits in `total` with `used` taken.
+fn fits(demand: &HashMap<String, f64>, total: &HashMap<String, f64>, used: &HashMap<String, f64>) -> bool {
+    demand.iter().all(|(k, v)| used.get(k).copied().unwrap_or(0.0) + v <= total.get(k).copied().unwrap_or(0.0) + 1e-9)
+}
+
+/// How a job's entrypoint ended.
+enum Outcome {
+    Exited(std::io::Result<std::process::ExitStatus>),
+    /// On a node agent: its exit code or signal.
+    Remote {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    /// Never started, or lost: the message says why.
+    Failed(String),
+}
+
+impl Jobs {
+    fn update(&self, id: &str, f: &mut dyn FnMut(&mut JobInfo)) {
+        let mut g = self.inner.0.lock().unwrap();
+        if let Some(j) = g.jobs.get_mut(id) {
             f(j);
-            Jobs::save(&db, j);
+            Jobs::save(&self.db, j);
         }
-    };
-    let finish = |status: JobStatus, message: String, exit: Option<i32>| {
-        update(&mut |j| {
+    }
+
+    fn finish(&self, id: &str, status: JobStatus, message: String, exit: Option<i32>) {
+        self.update(id, &mut |j| {
             j.status = status;
             j.message = Some(message.clone());
             j.end_time = Some(now_ms());
@@ -444,114 +494,249 @@ fn supervise(inner: Arc<(Mutex<Inner>, Condvar)>, db: Arc<Db>, session: PathBuf,
                 );
             }
         });
-    };
-    // Unpack the working dir.
-    let cwd = match &working_dir {
-        None => session.clone(),
-        Some(pkg) => {
-            let dir = session.join("jobs").join(&id).join("working_dir");
-            if let Err(e) = std::fs::create_dir_all(&dir).map_err(|e| e.to_string()).and_then(|_| unpack(pkg, &dir)) {
-                return finish(JobStatus::Failed, format!("Failed to set up the working_dir: {e}"), None);
-            }
-            dir
-        }
-    };
-    // Reserve the entrypoint's resources (waiting while running jobs hold them).
-    {
-        let mut g = inner.0.lock().unwrap();
+    }
+
+    fn stop_requested(&self, id: &str) -> bool {
+        self.inner.0.lock().unwrap().stop_requested.contains(id)
+    }
+
+    /// Reserves the job's resources on the first node that has them free (the head's machine
+    /// first), waiting while running jobs hold them. `None`: stopped while waiting.
+    fn reserve(&self, id: &str, demand: &HashMap<String, f64>) -> Option<(String, Option<String>)> {
+        let mut g = self.inner.0.lock().unwrap();
         loop {
-            if g.stop_requested.contains(&id) {
-                drop(g);
-                return finish(JobStatus::Stopped, "Job was intentionally stopped.".into(), None);
+            if g.stop_requested.contains(id) {
+                return None;
             }
-            let fits = demand
-                .iter()
-                .all(|(k, v)| g.used.get(k).copied().unwrap_or(0.0) + v <= total.get(k).copied().unwrap_or(0.0) + 1e-9);
-            if fits {
-                for (k, v) in &demand {
-                    *g.used.entry(k.clone()).or_default() += v;
+            let empty = HashMap::new();
+            let place =
+                self.node_totals().into_iter().find(|(node, _, total)| fits(demand, total, g.used.get(node).unwrap_or(&empty)));
+            if let Some((node, addr, _)) = place {
+                let used = g.used.entry(node.clone()).or_default();
+                for (k, v) in demand {
+                    *used.entry(k.clone()).or_default() += v;
                 }
-                break;
+                return Some((node, addr));
             }
-            if let Some(j) = g.jobs.get_mut(&id) {
-                j.message = Some(format!("Waiting for resources {demand:?}: running jobs hold them."));
+            if let Some(j) = g.jobs.get_mut(id) {
+                j.message = Some(format!("Waiting for resources {demand:?}: no live node has them free now."));
             }
-            g = inner.1.wait_timeout(g, Duration::from_millis(500)).unwrap().0;
+            g = self.inner.1.wait_timeout(g, Duration::from_millis(500)).unwrap().0;
         }
     }
-    let release = || {
-        let mut g = inner.0.lock().unwrap();
-        for (k, v) in &demand {
-            *g.used.entry(k.clone()).or_default() -= v;
+
+    fn release(&self, node: &str, demand: &HashMap<String, f64>) {
+        let mut g = self.inner.0.lock().unwrap();
+        if let Some(used) = g.used.get_mut(node) {
+            for (k, v) in demand {
+                *used.entry(k.clone()).or_default() -= v;
+            }
         }
         drop(g);
-        inner.1.notify_all();
-    };
-    let out = match std::fs::OpenOptions::new().create(true).append(true).open(&log) {
-        Ok(f) => f,
-        Err(e) => {
-            release();
-            return finish(JobStatus::Failed, format!("cannot open the job log {}: {e}", log.display()), None);
-        }
-    };
-    let err = out.try_clone().expect("dup of the log file");
-    let head_url = super::HeadInfo::read(&session).map(|h| h.dashboard_url).unwrap_or_default();
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(&entrypoint)
-        .current_dir(&cwd)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .env("FLARE_ADDRESS", &head_url)
-        .env("FLARE_TOKEN", super::read_token(&session).unwrap_or_default())
-        .env("FLARE_JOB_ID", &id)
-        .env("RAY_JOB_ID", &id)
-        .process_group(0);
-    if let Some(c) = demand.get("CPU") {
-        cmd.env("FLARE_NUM_CPUS", c.to_string());
+        self.inner.1.notify_all();
     }
-    for (k, v) in &env_vars {
-        cmd.env(k, v);
-    }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            release();
-            return finish(JobStatus::Failed, format!("Failed to start the entrypoint: {e}"), None);
+
+    /// The environment every entrypoint gets: how to join the cluster as its driver.
+    fn entrypoint_env(&self, launch: &Launch) -> Vec<(String, String)> {
+        let head_url = super::HeadInfo::read(&self.session).map(|h| h.dashboard_url).unwrap_or_default();
+        let mut env = vec![
+            ("FLARE_ADDRESS".to_string(), head_url),
+            ("FLARE_TOKEN".to_string(), super::read_token(&self.session).unwrap_or_default()),
+            ("FLARE_JOB_ID".to_string(), launch.id.clone()),
+            ("RAY_JOB_ID".to_string(), launch.id.clone()),
+        ];
+        if let Some(c) = launch.demand.get("CPU") {
+            env.push(("FLARE_NUM_CPUS".to_string(), c.to_string()));
         }
-    };
-    let pgid = child.id() as i32;
-    let stop_now = {
-        let mut g = inner.0.lock().unwrap();
-        if let Some(j) = g.jobs.get_mut(&id) {
+        env.extend(launch.env_vars.iter().cloned());
+        env
+    }
+
+    fn mark_running(&self, id: &str, node: &str, pgid: Option<i32>) -> bool {
+        let mut g = self.inner.0.lock().unwrap();
+        if let Some(j) = g.jobs.get_mut(id) {
             j.status = JobStatus::Running;
-            j.pgid = Some(pgid);
-            j.message = Some("Job is currently running.".into());
-            Jobs::save(&db, j);
+            j.pgid = pgid;
+            j.driver_node_id = Some(node.to_string());
+            j.message = Some(format!("Job is currently running (on node {node})."));
+            Jobs::save(&self.db, j);
         }
-        g.stop_requested.contains(&id)
-    };
-    if stop_now {
-        // SAFETY: the job's own process group.
-        unsafe { libc::kill(-pgid, libc::SIGTERM) };
+        g.stop_requested.contains(id)
     }
-    let status = child.wait();
-    release();
-    let stopped = inner.0.lock().unwrap().stop_requested.contains(&id);
-    match status {
-        _ if stopped => finish(JobStatus::Stopped, "Job was intentionally stopped.".into(), None),
-        Ok(s) if s.success() => finish(JobStatus::Succeeded, "Job finished successfully.".into(), Some(0)),
-        Ok(s) => {
-            use std::os::unix::process::ExitStatusExt;
-            let code = s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0));
-            let tail = log_tail(&log, 20_000);
-            finish(
+
+    fn supervise(&self, launch: Launch) {
+        let id = launch.id.clone();
+        let Some((node, addr)) = self.reserve(&id, &launch.demand) else {
+            return self.finish(&id, JobStatus::Stopped, "Job was intentionally stopped.".into(), None);
+        };
+        let outcome = match &addr {
+            None => self.run_here(&launch),
+            Some(addr) => self.run_on_agent(&launch, &node, addr),
+        };
+        self.release(&node, &launch.demand);
+        let stopped = self.stop_requested(&id);
+        use std::os::unix::process::ExitStatusExt;
+        let code = match outcome {
+            _ if stopped => return self.finish(&id, JobStatus::Stopped, "Job was intentionally stopped.".into(), None),
+            Outcome::Failed(why) => return self.finish(&id, JobStatus::Failed, why, None),
+            Outcome::Exited(Err(e)) => {
+                return self.finish(&id, JobStatus::Failed, format!("waiting for the entrypoint failed: {e}"), None)
+            }
+            Outcome::Exited(Ok(s)) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
+            Outcome::Remote { code, signal } => code.unwrap_or_else(|| 128 + signal.unwrap_or(0)),
+        };
+        if code == 0 {
+            self.finish(&id, JobStatus::Succeeded, "Job finished successfully.".into(), Some(0));
+        } else {
+            let tail = log_tail(&launch.log, 20_000);
+            self.finish(
+                &id,
                 JobStatus::Failed,
                 format!("Job entrypoint command failed with exit code {code}, last available logs (truncated to 20,000 chars):\n{tail}"),
                 Some(code),
-            )
+            );
         }
-        Err(e) => finish(JobStatus::Failed, format!("waiting for the entrypoint failed: {e}"), None),
+    }
+
+    /// Runs the entrypoint on the head's machine.
+    fn run_here(&self, launch: &Launch) -> Outcome {
+        let id = &launch.id;
+        let cwd = match &launch.working_dir {
+            None => self.session.clone(),
+            Some(pkg) => {
+                let dir = self.session.join("jobs").join(id).join("working_dir");
+                if let Err(e) = std::fs::create_dir_all(&dir).map_err(|e| e.to_string()).and_then(|_| unpack(pkg, &dir)) {
+                    return Outcome::Failed(format!("Failed to set up the working_dir: {e}"));
+                }
+                dir
+            }
+        };
+        let out = match std::fs::OpenOptions::new().create(true).append(true).open(&launch.log) {
+            Ok(f) => f,
+            Err(e) => return Outcome::Failed(format!("cannot open the job log {}: {e}", launch.log.display())),
+        };
+        let err = match out.try_clone() {
+            Ok(e) => e,
+            Err(e) => return Outcome::Failed(format!("cannot open the job log {}: {e}", launch.log.display())),
+        };
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c").arg(&launch.entrypoint).current_dir(&cwd).stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+        for (k, v) in self.entrypoint_env(launch) {
+            cmd.env(k, v);
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => return Outcome::Failed(format!("Failed to start the entrypoint: {e}")),
+        };
+        let pgid = child.id() as i32;
+        if self.mark_running(id, HEAD_NODE, Some(pgid)) {
+            // SAFETY: the job's own process group.
+            unsafe { libc::kill(-pgid, libc::SIGTERM) };
+        }
+        Outcome::Exited(child.wait())
+    }
+
+    /// Runs the entrypoint on a node agent: sends it the working dir's package, copies the
+    /// output it streams into the job's log, relays a stop; the connection lost without an exit
+    /// fails the job.
+    fn run_on_agent(&self, launch: &Launch, node: &str, addr: &str) -> Outcome {
+        use crate::protocol::{read_frame, write_frame, FromAgent, Hello, ToAgent};
+        use std::io::Write;
+        let id = &launch.id;
+        let lost = |e: String| Outcome::Failed(format!("the job's entrypoint on node {node} ({addr}): {e}"));
+        let package = match &launch.working_dir {
+            None => None,
+            Some(p) => match std::fs::File::open(p).and_then(|f| Ok((f.metadata()?.len(), f))) {
+                Ok(x) => Some(x),
+                Err(e) => return Outcome::Failed(format!("reading the working_dir package {}: {e}", p.display())),
+            },
+        };
+        let sock = match addr.parse::<std::net::SocketAddr>() {
+            Ok(a) => std::net::TcpStream::connect_timeout(&a, Duration::from_secs(5)),
+            Err(e) => return lost(format!("bad agent address: {e}")),
+        };
+        let mut s = match sock {
+            Ok(s) => s,
+            Err(e) => return lost(format!("cannot connect: {e}")),
+        };
+        let _ = s.set_nodelay(true);
+        let hello = Hello::Job {
+            token: self.token.clone(),
+            id: id.clone(),
+            entrypoint: launch.entrypoint.clone(),
+            env: self.entrypoint_env(launch),
+            package_size: package.as_ref().map_or(0, |(n, _)| *n),
+        };
+        if let Err(e) = write_frame(&mut s, &hello) {
+            return lost(e.to_string());
+        }
+        if let Some((_, mut f)) = package {
+            let mut buf = vec![0u8; 4 << 20];
+            loop {
+                match f.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if let Err(e) = write_frame(&mut s, &ToAgent::PackageChunk(buf[..n].to_vec())) {
+                            return lost(format!("sending the package: {e}"));
+                        }
+                    }
+                    Err(e) => return Outcome::Failed(format!("reading the working_dir package: {e}")),
+                }
+            }
+        }
+        // Unpacking a large package takes a while; the entrypoint's start is answered after it.
+        let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
+        let pid = match read_frame::<FromAgent>(&mut s, 1 << 20) {
+            Ok(FromAgent::JobStarted { pid }) => pid,
+            Ok(FromAgent::Refused(why)) => return Outcome::Failed(why),
+            Ok(other) => return lost(format!("unexpected answer {other:?}")),
+            Err(e) => return lost(format!("no answer: {e}")),
+        };
+        tracing::info!(job = %id, node, pid, "job started on a node agent");
+        let _ = s.set_read_timeout(None);
+        // A stop (or a stop that came while it started) goes to the agent from a watcher.
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop_now = self.mark_running(id, node, None);
+        let watcher = s.try_clone().ok().map(|mut w| {
+            let (jobs, id, done, node) = (self.clone(), id.clone(), done.clone(), node.to_string());
+            std::thread::spawn(move || {
+                let mut sent = false;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    if !sent && (stop_now || jobs.stop_requested(&id)) {
+                        sent = write_frame(&mut w, &ToAgent::StopJob).is_ok();
+                    }
+                    // A node declared dead (missed heartbeats) may never close the connection.
+                    if !jobs.nodes.lock().unwrap().get(&node).is_some_and(|n| n.alive) {
+                        let _ = w.shutdown(std::net::Shutdown::Both);
+                        break;
+                    }
+                    let g = jobs.inner.0.lock().unwrap();
+                    drop(jobs.inner.1.wait_timeout(g, Duration::from_millis(200)).unwrap());
+                }
+            })
+        });
+        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&launch.log).ok();
+        let mut rx = crate::protocol::Receiver::new(s);
+        let outcome = loop {
+            match rx.recv::<FromAgent>() {
+                Ok(Some(FromAgent::JobOutput(bytes))) => {
+                    if let Some(f) = log.as_mut() {
+                        let _ = f.write_all(&bytes);
+                    }
+                }
+                Ok(Some(FromAgent::JobExited { code, signal })) => break Outcome::Remote { code, signal },
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    break lost("the node agent closed the connection before the entrypoint exited (did the node die?)".into())
+                }
+                Err(e) => break lost(format!("the connection to the node agent failed ({e}); did the node die?")),
+            }
+        };
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner.1.notify_all();
+        if let Some(w) = watcher {
+            let _ = w.join();
+        }
+        outcome
     }
 }

@@ -127,7 +127,7 @@ pub(crate) struct Shared {
     /// Serializes read-modify-write KV calls.
     pub kv_lock: tokio::sync::Mutex<()>,
     /// The node table (persisted; liveness from heartbeats).
-    pub nodes: std::sync::Mutex<std::collections::HashMap<String, rpc::NodeEntry>>,
+    pub nodes: jobs::NodeTable,
 }
 
 impl Shared {
@@ -178,7 +178,6 @@ pub fn run(opts: HeadOptions) -> Result<(), String> {
     std::fs::create_dir_all(opts.session_dir.join("jobs")).map_err(|e| e.to_string())?;
     let token = ensure_token(&opts.session_dir)?;
     let db = Arc::new(db::Db::open(&opts.session_dir.join("head.redb"))?);
-    let jobs = jobs::Jobs::recover(db.clone(), &opts)?;
     // Nodes of an earlier head: alive again only once they heartbeat to this one.
     let mut nodes = std::collections::HashMap::new();
     for (id, bytes) in db.nodes()? {
@@ -189,15 +188,10 @@ pub fn run(opts: HeadOptions) -> Result<(), String> {
             }
         }
     }
-    let shared = Arc::new(Shared {
-        opts: opts.clone(),
-        token,
-        db,
-        jobs,
-        started_at_ms: now_ms(),
-        kv_lock: Default::default(),
-        nodes: std::sync::Mutex::new(nodes),
-    });
+    let nodes: jobs::NodeTable = Arc::new(std::sync::Mutex::new(nodes));
+    let jobs = jobs::Jobs::recover(db.clone(), &opts, nodes.clone(), token.clone())?;
+    let shared =
+        Arc::new(Shared { opts: opts.clone(), token, db, jobs, started_at_ms: now_ms(), kv_lock: Default::default(), nodes });
     // The head's machine is a node too: drivers run workers on it through this service.
     let agent = std::net::TcpListener::bind((opts.host.as_str(), 0))
         .map_err(|e| format!("cannot listen on {} for drivers: {e}", opts.host))?;
@@ -206,7 +200,7 @@ pub fn run(opts: HeadOptions) -> Result<(), String> {
     let agent_shm = svc.shm_root.clone();
     svc.spawn(agent)?;
     let head_node = rpc::NodeEntry {
-        node_id: "head".into(),
+        node_id: jobs::HEAD_NODE.into(),
         address: agent_addr.to_string(),
         is_head: true,
         alive: true,

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -176,7 +177,8 @@ impl AgentService {
     fn serve(&self, mut s: TcpStream) {
         let _ = s.set_nodelay(true);
         let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-        let Ok(hello) = read_frame::<Hello>(&mut s, 64 << 10) else { return };
+        // A job's hello carries its entrypoint (up to 64 KiB) and environment.
+        let Ok(hello) = read_frame::<Hello>(&mut s, 1 << 20) else { return };
         match hello {
             Hello::Driver { token, exe_hash, exe_size, pid, worker_addr } if token_ok(&token, &self.token) => {
                 if let Err(e) = self.driver_session(s, &exe_hash, exe_size, pid, &worker_addr) {
@@ -189,10 +191,178 @@ impl AgentService {
                     tracing::debug!("serving a pull of {path}: {e}");
                 }
             }
+            Hello::Job { token, id, entrypoint, env, package_size } if token_ok(&token, &self.token) => {
+                if let Err(e) = self.job_session(s, &id, &entrypoint, &env, package_size) {
+                    tracing::warn!("job {id}: {e}");
+                }
+            }
             _ => {
                 let _ = write_frame(&mut s, &FromAgent::Refused("this node requires its cluster's token".into()));
             }
         }
+    }
+
+    /// Runs a job's entrypoint for the head: unpacks its working dir, starts `sh -c` in its own
+    /// process group, streams its output, reports its exit; stops it when the head says so or
+    /// goes away.
+    fn job_session(
+        &self,
+        mut s: TcpStream,
+        id: &str,
+        entrypoint: &str,
+        env: &[(String, String)],
+        package_size: u64,
+    ) -> Result<(), String> {
+        let refuse = |s: &mut TcpStream, msg: String| {
+            let _ = write_frame(s, &FromAgent::Refused(msg.clone()));
+            Err(msg)
+        };
+        if !super::jobs::valid_id(id) {
+            return refuse(&mut s, format!("job id `{id}` must be 1-128 letters, digits, `_`, `-` or `.`"));
+        }
+        if package_size > super::MAX_PACKAGE as u64 {
+            return refuse(
+                &mut s,
+                format!("the working_dir package is {package_size} bytes; at most {} are taken", super::MAX_PACKAGE),
+            );
+        }
+        let dir = self.session_dir.join("jobs").join(id);
+        let cwd = if package_size == 0 {
+            self.session_dir.clone()
+        } else {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+            let zip = dir.join("package.zip");
+            let wd = dir.join("working_dir");
+            let unpacked = std::fs::create_dir_all(&wd)
+                .map_err(|e| format!("creating {}: {e}", wd.display()))
+                .and_then(|_| receive_package(&mut s, &zip, package_size))
+                .and_then(|_| super::jobs::unpack(&zip, &wd));
+            let _ = std::fs::remove_file(&zip);
+            if let Err(e) = unpacked {
+                return refuse(&mut s, format!("Failed to set up the working_dir on node {}: {e}", self.node_name));
+            }
+            wd
+        };
+        let _ = s.set_read_timeout(None);
+        // A guard in the job's process group reads fd 3, a pipe this agent holds open: `done`
+        // when the entrypoint ended here; end of file without it (this agent was killed) ends
+        // the whole group, so a job never outlives its node's agent.
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: pipe2 fills the two descriptors it returns.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return refuse(&mut s, format!("creating the job's guard pipe: {}", std::io::Error::last_os_error()));
+        }
+        let (guard_r, guard_w) = (fds[0], fds[1]);
+        // SAFETY: the write end is ours alone from here on.
+        let mut guard = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(guard_w) };
+        let script =
+            format!("(read -r x <&3; [ \"$x\" = done ] || kill -KILL 0) </dev/null >/dev/null 2>&1 &\nexec 3<&-\n{entrypoint}");
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(script)
+            .current_dir(&cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("FLARE_NODE_NAME", &self.node_name)
+            .process_group(0);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        // SAFETY: only dup2/fcntl between fork and exec: the guard pipe's read end as fd 3.
+        unsafe {
+            cmd.pre_exec(move || {
+                if guard_r == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0);
+                } else if libc::dup2(guard_r, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let spawned = cmd.spawn();
+        // SAFETY: the read end now lives in the child only.
+        unsafe { libc::close(guard_r) };
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => return refuse(&mut s, format!("Failed to start the entrypoint on node {}: {e}", self.node_name)),
+        };
+        let pgid = child.id() as i32;
+        let conn = Arc::new(Conn::new(s.try_clone().map_err(|e| e.to_string())?));
+        let _ = conn.send(&FromAgent::JobStarted { pid: child.id() });
+        tracing::info!(job = id, pid = pgid, "running a job's entrypoint");
+        let (drained_tx, drained) = std::sync::mpsc::channel::<()>();
+        for out in [
+            child.stdout.take().map(|o| Box::new(o) as Box<dyn Read + Send>),
+            child.stderr.take().map(|e| Box::new(e) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let (conn, drained_tx) = (conn.clone(), drained_tx.clone());
+            let _ = std::thread::Builder::new().name("flare-job-output".into()).spawn(move || {
+                let mut out = out;
+                let mut buf = vec![0u8; 64 << 10];
+                while let Ok(n @ 1..) = out.read(&mut buf) {
+                    if conn.send(&FromAgent::JobOutput(buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+                let _ = drained_tx.send(());
+            });
+        }
+        drop(drained_tx);
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let waiter = {
+            let (conn, finished) = (conn.clone(), finished.clone());
+            std::thread::Builder::new()
+                .name("flare-job-wait".into())
+                .spawn(move || {
+                    let status = child.wait();
+                    finished.store(true, Ordering::SeqCst);
+                    // The entrypoint ended here: its guard leaves the rest of the group be.
+                    let _ = guard.write_all(b"done\n");
+                    drop(guard);
+                    // The output that is still in the pipes goes first (a process the entrypoint
+                    // left running may hold them open: wait for it at most 2 s).
+                    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+                    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+                        if drained.recv_timeout(left).is_err() {
+                            break;
+                        }
+                    }
+                    use std::os::unix::process::ExitStatusExt;
+                    let (code, signal) = match status {
+                        Ok(st) => (st.code(), st.signal()),
+                        Err(_) => (None, None),
+                    };
+                    let _ = conn.send(&FromAgent::JobExited { code, signal });
+                })
+                .map_err(|e| e.to_string())?
+        };
+        // The head's side: a stop, or the head gone, ends the job.
+        let mut rx = Receiver::new(s);
+        loop {
+            match rx.recv::<ToAgent>() {
+                Ok(Some(ToAgent::StopJob)) | Ok(None) | Err(_) => break,
+                Ok(Some(_)) => {}
+            }
+        }
+        if !finished.load(Ordering::SeqCst) {
+            // SAFETY: signals to the job's own process group, whose leader is not yet reaped.
+            unsafe { libc::kill(-pgid, libc::SIGTERM) };
+            let deadline = std::time::Instant::now() + Duration::from_secs(3);
+            while !finished.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !finished.load(Ordering::SeqCst) {
+                // SAFETY: as above.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            }
+        }
+        let _ = waiter.join();
+        tracing::info!(job = id, "job ended");
+        Ok(())
     }
 
     /// Receives the driver's executable unless it is cached, then starts and kills workers for
@@ -336,6 +506,25 @@ fn remove_stale_stores(base: &Path) {
 const MAX_EXE: u64 = 4 << 30;
 
 /// Receives an executable in chunks into `dest`, checking its size and SHA-256.
+/// Receives a job's working-dir package of `size` bytes into `dest`.
+fn receive_package(s: &mut TcpStream, dest: &Path, size: u64) -> Result<(), String> {
+    let mut f = std::fs::File::create(dest).map_err(|e| format!("creating {}: {e}", dest.display()))?;
+    let mut got = 0u64;
+    while got < size {
+        match read_frame::<ToAgent>(s, 16 << 20).map_err(|e| format!("receiving the package: {e}"))? {
+            ToAgent::PackageChunk(bytes) => {
+                got += bytes.len() as u64;
+                if got > size {
+                    return Err(format!("the package is longer than the {size} bytes announced"));
+                }
+                f.write_all(&bytes).map_err(|e| format!("writing {}: {e}", dest.display()))?;
+            }
+            other => return Err(format!("expected the package, got {other:?}")),
+        }
+    }
+    Ok(())
+}
+
 fn receive_exe(s: &mut TcpStream, dest: &Path, hash: &str, size: u64) -> Result<(), String> {
     use sha2::Digest;
     let tmp = dest.with_extension(format!("part{}", std::process::id()));
