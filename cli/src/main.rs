@@ -354,6 +354,10 @@ enum RlCommand {
         /// Env-runner actors sampling in their own processes (0: sample in this process).
         #[arg(long, default_value_t = 0)]
         num_env_runners: usize,
+        /// Environments each env runner steps (default: ppo 4, a2c 8, dqn 1, sac 1; ppo and a2c
+        /// also use it without runners).
+        #[arg(long)]
+        num_envs_per_runner: Option<usize>,
         /// Where the learner runs: auto (its GPU if it has one, else the CPU), cpu, cuda, cuda:N.
         #[arg(long, default_value = "auto")]
         device: String,
@@ -616,7 +620,18 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Rl {
             command:
-                RlCommand::Train { algo, env, seed, max_env_steps, num_env_runners, device, learner_gpus, learner_threads, json },
+                RlCommand::Train {
+                    algo,
+                    env,
+                    seed,
+                    max_env_steps,
+                    num_env_runners,
+                    num_envs_per_runner,
+                    device,
+                    learner_gpus,
+                    learner_threads,
+                    json,
+                },
         } => {
             // Before any thread starts (candle reads it when it first sizes its pools).
             match learner_threads {
@@ -628,6 +643,9 @@ fn main() -> anyhow::Result<()> {
             let device: flare::rl::learner::LearnerDevice = device.parse()?;
             if !(learner_gpus >= 0.0 && learner_gpus.is_finite()) {
                 anyhow::bail!("--learner-gpus must be a number of GPUs, 0 or more (got {learner_gpus})");
+            }
+            if num_envs_per_runner == Some(0) {
+                anyhow::bail!("--num-envs-per-runner must be at least 1");
             }
             if learner_gpus > 0.0 && num_env_runners == 0 {
                 anyhow::bail!("--learner-gpus puts the learner in an actor of its own: it needs --num-env-runners 1 or more");
@@ -650,13 +668,15 @@ fn main() -> anyhow::Result<()> {
             use flare::rl::algo::{a2c, dqn, ppo, sac};
             let summary = match algo.as_str() {
                 "ppo" => {
+                    let defaults = ppo::PpoConfig::default();
                     let cfg = ppo::PpoConfig {
                         env_id: env.clone(),
                         seed,
                         total_env_steps: max_env_steps,
+                        num_envs: num_envs_per_runner.unwrap_or(defaults.num_envs),
                         device,
                         learner_num_gpus: learner_gpus,
-                        ..Default::default()
+                        ..defaults
                     };
                     if num_env_runners == 0 {
                         ppo::train(&cfg, report)?.0
@@ -670,6 +690,7 @@ fn main() -> anyhow::Result<()> {
                         env_id: env.clone(),
                         seed,
                         total_env_steps: max_env_steps,
+                        num_envs_per_runner: num_envs_per_runner.unwrap_or(1),
                         device,
                         learner_num_gpus: learner_gpus,
                         ..Default::default()
@@ -682,13 +703,15 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
                 "a2c" => {
+                    let defaults = a2c::A2cConfig::default();
                     let cfg = a2c::A2cConfig {
                         env_id: env.clone(),
                         seed,
                         total_env_steps: max_env_steps,
+                        num_envs: num_envs_per_runner.unwrap_or(defaults.num_envs),
                         device,
                         learner_num_gpus: learner_gpus,
-                        ..Default::default()
+                        ..defaults
                     };
                     if num_env_runners == 0 {
                         a2c::train(&cfg, report)?.0
@@ -698,17 +721,23 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
                 "sac" => {
-                    if num_env_runners > 0 {
-                        anyhow::bail!("--num-env-runners is supported by ppo, a2c and dqn; sac samples in this process for now");
+                    if learner_gpus > 0.0 {
+                        anyhow::bail!("--learner-gpus is for ppo, a2c and dqn; sac's learner stays in this process (--device)");
                     }
                     let cfg = sac::SacConfig {
                         env_id: env.clone(),
                         seed,
                         total_env_steps: max_env_steps,
                         device,
+                        num_envs_per_runner: num_envs_per_runner.unwrap_or(1),
                         ..Default::default()
                     };
-                    let (mut summary, learner) = sac::train(&cfg, report)?;
+                    let (mut summary, learner) = if num_env_runners == 0 {
+                        sac::train(&cfg, report)?
+                    } else {
+                        start_runtime()?;
+                        sac::train_distributed(&cfg, num_env_runners, report)?
+                    };
                     // Ten deterministic episodes with seeds the training never used.
                     summary.eval_return = Some(sac::evaluate(&learner, &env, 10, seed + 1_000_000)?);
                     summary

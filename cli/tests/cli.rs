@@ -55,7 +55,7 @@ fn microbenchmark_prints_rays_line_format() {
 }
 
 #[test]
-fn a2c_and_dqn_train_with_env_runner_actors_and_sac_says_it_cannot() {
+fn a2c_dqn_and_sac_train_with_env_runner_actors() {
     let out = flare()
         .args(["rl", "train", "--algo", "a2c", "--num-env-runners", "2", "--max-env-steps", "8000", "--json"])
         .output()
@@ -76,9 +76,22 @@ fn a2c_and_dqn_train_with_env_runner_actors_and_sac_says_it_cannot() {
     let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
     assert!(last["env_steps"].as_u64().unwrap() >= 12000, "{last}");
     assert!(last["episodes"].as_u64().unwrap() > 50, "{last}");
-    let out = flare().args(["rl", "train", "--algo", "sac", "--env", "Pendulum-v1", "--num-env-runners", "2"]).output().unwrap();
+    // SAC: two runners of two environments each; within its 5,000 warm-up steps they act at
+    // random, then evaluation runs the learner's policy.
+    let out = flare()
+        .args(["rl", "train", "--algo", "sac", "--env", "Pendulum-v1", "--num-env-runners", "2"])
+        .args(["--num-envs-per-runner", "2", "--max-env-steps", "1600", "--json"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    // Rounds of 50 steps by 4 environments: 200 env steps each, Pendulum episodes of 200.
+    assert!(last["env_steps"].as_u64().unwrap() >= 1600 && last["episodes"].as_u64().unwrap() >= 8, "{last}");
+    assert!(last["eval_return"].as_f64().unwrap() < 0.0, "{last}");
+    let out = flare().args(["rl", "train", "--algo", "sac", "--num-env-runners", "1", "--learner-gpus", "1"]).output().unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("ppo, a2c and dqn"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--learner-gpus is for ppo, a2c and dqn"));
 }
 
 #[test]

@@ -56,6 +56,67 @@ impl Mlp {
     }
 }
 
+/// A dense layer as plain data: weight `[out, in]` row-major, then the bias.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Layer {
+    pub n_in: usize,
+    pub n_out: usize,
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+impl Layer {
+    fn apply(&self, x: &[f32]) -> Vec<f32> {
+        (0..self.n_out)
+            .map(|o| {
+                self.bias[o] + self.weight[o * self.n_in..(o + 1) * self.n_in].iter().zip(x).map(|(w, v)| w * v).sum::<f32>()
+            })
+            .collect()
+    }
+}
+
+/// SAC's policy as plain data, for env runners: a ReLU trunk, a mean head and a log-std head
+/// (tanh, rescaled into `[log_std_min, log_std_max]`), a sample squashed by tanh into the
+/// action bounds (`scale * tanh(x) + bias`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct GaussianPolicy {
+    pub trunk: Vec<Layer>,
+    pub mean: Layer,
+    pub log_std: Layer,
+    pub log_std_min: f32,
+    pub log_std_max: f32,
+    pub scale: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+impl GaussianPolicy {
+    /// Mean and log-std of the Gaussian before the squash.
+    fn dist(&self, obs: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let mut h = obs.to_vec();
+        for l in &self.trunk {
+            h = l.apply(&h).into_iter().map(|v| v.max(0.0)).collect();
+        }
+        let span = 0.5 * (self.log_std_max - self.log_std_min);
+        let log_std = self.log_std.apply(&h).into_iter().map(|v| self.log_std_min + span * (v.tanh() + 1.0)).collect();
+        (self.mean.apply(&h), log_std)
+    }
+
+    fn squash(&self, x: impl Iterator<Item = f32>) -> Vec<f32> {
+        x.enumerate().map(|(i, v)| v.tanh() * self.scale[i] + self.bias[i]).collect()
+    }
+
+    /// An action for `obs`, drawn with `rng`'s standard-normal noise.
+    pub fn sample(&self, obs: &[f32], rng: &mut Rng) -> Vec<f32> {
+        let (mean, log_std) = self.dist(obs);
+        self.squash(mean.iter().zip(&log_std).map(|(m, ls)| m + ls.exp() * gaussian(rng) as f32))
+    }
+
+    /// The deterministic action (evaluation): the squashed mean.
+    pub fn act(&self, obs: &[f32]) -> Vec<f32> {
+        self.squash(self.dist(obs).0.into_iter())
+    }
+}
+
 /// A `rows x cols` matrix with orthonormal rows or columns, times `gain` (Gram-Schmidt on
 /// Gaussian noise).
 fn orthogonal(rows: usize, cols: usize, gain: f32, rng: &mut Rng) -> Vec<f32> {

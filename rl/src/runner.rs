@@ -3,7 +3,7 @@
 //! weights through the object store every iteration.
 
 use crate::env::{make, Action, Env};
-use crate::nn::Mlp;
+use crate::nn::{GaussianPolicy, Mlp};
 use crate::rng::Rng;
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
@@ -30,6 +30,9 @@ pub struct Rollout {
     pub next_obs: Vec<Vec<f32>>,
     #[serde(default)]
     pub terminated: Vec<bool>,
+    /// For continuous actions ([`Sampler::rollout_gaussian`]): each step's action.
+    #[serde(default)]
+    pub continuous_actions: Vec<Vec<f32>>,
 }
 
 fn softmax(logits: &[f32]) -> Vec<f32> {
@@ -132,6 +135,46 @@ impl Sampler {
     }
 }
 
+impl Sampler {
+    /// `num_steps` steps of every env with SAC's stochastic `policy`, or uniformly random
+    /// actions in the bounds without one (the warm-up), recording next observations and
+    /// terminations.
+    pub fn rollout_gaussian(&mut self, policy: Option<&GaussianPolicy>, num_steps: usize) -> crate::Result<Rollout> {
+        let n = self.envs.len();
+        let mut r = Rollout { num_envs: n, num_steps, pid: std::process::id(), ..Default::default() };
+        let space = self.envs.first().map(|e| e.action_space());
+        for _ in 0..num_steps {
+            for i in 0..n {
+                let action = match (policy, &space) {
+                    (Some(p), _) => p.sample(&self.obs[i], &mut self.rng),
+                    (None, Some(space)) => match space.sample(&mut self.rng) {
+                        Action::Continuous(a) => a,
+                        other => {
+                            return Err(crate::Error::Runtime(format!("SAC needs continuous actions, the env samples {other}")))
+                        }
+                    },
+                    (None, None) => Vec::new(),
+                };
+                let st = self.envs[i].step(&Action::Continuous(action.clone()))?;
+                self.ep_ret[i] += st.reward;
+                let done = st.terminated || st.truncated;
+                r.next_obs.push(st.obs.clone());
+                r.obs.push(std::mem::replace(&mut self.obs[i], st.obs));
+                r.continuous_actions.push(action);
+                r.rewards.push(st.reward as f32);
+                r.dones.push(done);
+                r.terminated.push(st.terminated);
+                if done {
+                    r.episode_returns.push(std::mem::take(&mut self.ep_ret[i]));
+                    self.obs[i] = self.envs[i].reset(None).0;
+                }
+            }
+        }
+        r.last_obs = self.obs.clone();
+        Ok(r)
+    }
+}
+
 /// `n` env-runner actors with `num_envs` environments each (seeds `seed + 1000 * (i + 1)`), one
 /// CPU each, restarted up to three times with their calls retried.
 pub(crate) fn spawn_runners(
@@ -173,6 +216,12 @@ impl EnvRunner {
     fn sample_epsilon(&self, q: Mlp, epsilon: f64, num_steps: u32) -> Result<Rollout, String> {
         let mut s = self.sampler.lock().unwrap_or_else(|p| p.into_inner());
         s.rollout_epsilon(&q, epsilon, num_steps as usize).map_err(|e| e.to_string())
+    }
+
+    /// A rollout with SAC's policy (`None`: random actions, the warm-up).
+    fn sample_gaussian(&self, policy: Option<GaussianPolicy>, num_steps: u32) -> Result<Rollout, String> {
+        let mut s = self.sampler.lock().unwrap_or_else(|p| p.into_inner());
+        s.rollout_gaussian(policy.as_ref(), num_steps as usize).map_err(|e| e.to_string())
     }
 
     fn pid(&self) -> u32 {

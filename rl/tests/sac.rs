@@ -38,6 +38,13 @@ fn sac_checkpoints_resumes_and_reloads() {
         assert_eq!(a, b);
         assert!(a[0].abs() <= 2.0, "Pendulum's torque bound: {a:?}");
     }
+    // The policy as the env runners get it (plain data, stepped on their CPUs) acts as the
+    // candle actor does.
+    let exported = learner.policy().unwrap();
+    for obs in [[1.0f32, 0.0, 0.0], [0.0, 1.0, -3.0], [-0.6, 0.8, 5.5]] {
+        let (a, b) = (learner.act(&obs).unwrap(), exported.act(&obs));
+        assert!((a[0] - b[0]).abs() < 1e-5, "{a:?} vs {b:?}");
+    }
     let eval = sac::evaluate(&loaded, "Pendulum-v1", 2, 7).unwrap();
     assert!(eval.is_finite() && eval < 0.0);
 
@@ -52,6 +59,33 @@ fn sac_checkpoints_resumes_and_reloads() {
     let e = sac::load("MountainCarContinuous-v0", &dir, 32).err().expect("shape mismatch");
     assert!(e.to_string().contains("observations"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sac_learns_from_env_runner_actors() {
+    flare_core::init_with(flare_core::Config::new().num_cpus(4.0).log_to_driver(false)).unwrap();
+    let cfg = SacConfig {
+        total_env_steps: 1_600,
+        learning_starts: 400,
+        batch_size: 32,
+        hidden: 32,
+        num_envs_per_runner: 2,
+        steps_per_round: 25,
+        ..Default::default()
+    };
+    let mut runner_pids = Vec::new();
+    let (s, learner) = sac::train_distributed(&cfg, 2, |_| {
+        let actors = flare_core::list(flare_core::StateQuery::Actors).unwrap().actors;
+        runner_pids = actors.iter().filter(|a| a.class.ends_with("EnvRunner")).filter_map(|a| a.pid).collect();
+    })
+    .unwrap();
+    // Two runners of two environments: 100 steps a round; Pendulum episodes are 200 steps.
+    assert_eq!(s.env_steps, 1_600);
+    assert_eq!(s.episodes, 8, "{s:?}");
+    assert!(s.learner_s > 0.0, "the learner took gradient steps: {s:?}");
+    assert_eq!(runner_pids.len(), 2, "two runners sampled: {runner_pids:?}");
+    assert!(runner_pids.iter().all(|p| *p != std::process::id()), "in their own processes: {runner_pids:?}");
+    assert!(sac::evaluate(&learner, "Pendulum-v1", 1, 3).unwrap() < 0.0);
 }
 
 #[test]

@@ -49,6 +49,8 @@ pub struct DqnConfig {
     pub device: LearnerDevice,
     /// With env runners: GPUs for a learner actor of its own (0 keeps it in the driver).
     pub learner_num_gpus: f64,
+    /// With env runners: environments each runner steps.
+    pub num_envs_per_runner: usize,
 }
 
 impl Default for DqnConfig {
@@ -75,6 +77,7 @@ impl Default for DqnConfig {
             resume_from: None,
             device: LearnerDevice::Auto,
             learner_num_gpus: 0.0,
+            num_envs_per_runner: 1,
         }
     }
 }
@@ -272,8 +275,8 @@ impl DqnLearnerActor {
     }
 }
 
-/// Trains with `num_runners` env-runner actors (one environment each, up to three restarts)
-/// stepping epsilon-greedy with the current Q-network, which reaches them through the object
+/// Trains with `num_runners` env-runner actors (`num_envs_per_runner` environments each, up to
+/// three restarts) stepping epsilon-greedy with the current Q-network, which reaches them through the object
 /// store every round of `train_frequency * 10` steps per runner; the learner does one gradient
 /// step per `train_frequency` collected steps, as the single-process loop does, here or in a
 /// learner actor (`learner_num_gpus > 0`). Needs a running Flare runtime.
@@ -284,7 +287,7 @@ pub fn train_distributed(cfg: &DqnConfig, num_runners: usize, mut progress: impl
     let n_actions = super::discrete_actions(&*probe, "DQN")?;
     let obs_dim = probe.observation_space().dim();
     let threshold = probe.reward_threshold().unwrap_or(f64::INFINITY);
-    let runners = crate::runner::spawn_runners(&cfg.env_id, 1, cfg.seed, num_runners.max(1))?;
+    let runners = crate::runner::spawn_runners(&cfg.env_id, cfg.num_envs_per_runner.max(1), cfg.seed, num_runners.max(1))?;
     let mut rng = Rng::new(cfg.seed);
     let fresh = q_network(cfg, obs_dim, n_actions, &mut rng);
     let (mut q, target, mut step) = resume(cfg, fresh)?;

@@ -11,6 +11,7 @@ use super::{Progress, Summary};
 use crate::env::{make, Action};
 use crate::error::{Error, Result};
 use crate::learner::{learner_error, CResult, LearnerDevice};
+use crate::nn::{GaussianPolicy, Layer};
 use crate::rng::Rng;
 use crate::spaces::Space;
 use candle_core::{DType, Device, Module, Tensor, Var, D};
@@ -46,6 +47,10 @@ pub struct SacConfig {
     pub resume_from: Option<PathBuf>,
     /// Where the learner runs (the default: this process's GPU if it has one, else the CPU).
     pub device: LearnerDevice,
+    /// With env runners ([`train_distributed`]): environments per runner, and steps each takes
+    /// per round with the policy of that round.
+    pub num_envs_per_runner: usize,
+    pub steps_per_round: usize,
 }
 
 impl Default for SacConfig {
@@ -70,6 +75,8 @@ impl Default for SacConfig {
             checkpoint_every: 0,
             resume_from: None,
             device: LearnerDevice::Auto,
+            num_envs_per_runner: 1,
+            steps_per_round: 50,
         }
     }
 }
@@ -237,6 +244,31 @@ impl Sac {
         let o = Tensor::from_slice(obs, (1, self.obs_dim), &self.dev)?;
         let (a, _) = self.actor.sample(&o, &self.noise(rng, 1)?)?;
         a.flatten_all()?.to_vec1::<f32>()
+    }
+
+    /// The policy as plain data, for env runners to sample with on their CPUs.
+    pub fn policy(&self) -> Result<GaussianPolicy> {
+        let layer = |l: &Linear| -> CResult<Layer> {
+            let (n_out, n_in) = l.weight().dims2()?;
+            let bias = match l.bias() {
+                Some(b) => b.to_vec1::<f32>()?,
+                None => vec![0.0; n_out],
+            };
+            Ok(Layer { n_in, n_out, weight: l.weight().flatten_all()?.to_vec1::<f32>()?, bias })
+        };
+        let a = &self.actor;
+        let build = || -> CResult<GaussianPolicy> {
+            Ok(GaussianPolicy {
+                trunk: vec![layer(&a.l1)?, layer(&a.l2)?],
+                mean: layer(&a.mean)?,
+                log_std: layer(&a.log_std)?,
+                log_std_min: LOG_STD_MIN as f32,
+                log_std_max: LOG_STD_MAX as f32,
+                scale: a.scale.flatten_all()?.to_vec1::<f32>()?,
+                bias: a.bias.flatten_all()?.to_vec1::<f32>()?,
+            })
+        };
+        build().map_err(learner_error)
     }
 
     /// The deterministic action for one observation (evaluation).
@@ -468,6 +500,70 @@ pub fn train(cfg: &SacConfig, mut progress: impl FnMut(&Progress)) -> Result<(Su
             sac.save(dir, step)?;
         }
         if step % 1000 == 0 {
+            progress(&Progress { env_steps: step, mean_return: recent.mean(), wall_s: t0.elapsed().as_secs_f64(), learner_s });
+            if recent.solved(threshold) {
+                break;
+            }
+        }
+    }
+    if let Some(dir) = &cfg.checkpoint_dir {
+        sac.save(dir, step)?;
+    }
+    let mut summary = recent.summary(threshold, step, t0);
+    summary.learner_s = learner_s;
+    summary.learner_device = Some(crate::learner::device_name(&sac.dev));
+    Ok((summary, sac))
+}
+
+/// Trains with `num_runners` env-runner actors of `cfg.num_envs_per_runner` environments each
+/// (up to three restarts), stepping with the policy they get through the object store every
+/// round of `cfg.steps_per_round` steps per environment (random actions until
+/// `learning_starts`); the learner here takes one gradient step per collected env step once
+/// learning starts, as the single-process loop does. Needs a running Flare runtime.
+pub fn train_distributed(cfg: &SacConfig, num_runners: usize, mut progress: impl FnMut(&Progress)) -> Result<(Summary, Sac)> {
+    let (num_envs, steps_per_round) = (cfg.num_envs_per_runner, cfg.steps_per_round);
+    let runtime = |e: flare_core::Error| Error::Runtime(e.to_string());
+    let t0 = Instant::now();
+    let env = make(&cfg.env_id)?;
+    let (low, high) = box_bounds(&env.action_space(), &cfg.env_id)?;
+    let obs_dim = env.observation_space().dim();
+    let mut sac = Sac::new(cfg, obs_dim, &low, &high, cfg.device.open()?).map_err(learner_error)?;
+    let mut step = 0u64;
+    if let Some(dir) = &cfg.resume_from {
+        step = sac.load(dir)?;
+    }
+    let pendulum = (cfg.env_id == "Pendulum-v1").then_some(-200.0);
+    let threshold = cfg.stop_at.or(env.reward_threshold()).or(pendulum).unwrap_or(f64::INFINITY);
+    let runners = crate::runner::spawn_runners(&cfg.env_id, num_envs.max(1), cfg.seed, num_runners.max(1))?;
+    let mut rng = Rng::new(cfg.seed);
+    let mut replay = Replay::new(cfg.buffer_size.min(cfg.total_env_steps.max(1) as usize), obs_dim, low.len());
+    let mut recent = super::Recent::default();
+    let random_until = if cfg.resume_from.is_some() { step } else { cfg.learning_starts };
+    let learn_from = step + if cfg.resume_from.is_some() { cfg.batch_size as u64 } else { cfg.learning_starts };
+    let mut learned_at = learn_from;
+    let mut reported_at = step;
+    let mut learner_s = 0.0;
+    while step < cfg.total_env_steps {
+        let policy = if step < random_until { None } else { Some(sac.policy()?) };
+        let weights = flare_core::put(&policy).map_err(runtime)?;
+        let refs: Vec<_> = runners.iter().map(|r| r.sample_gaussian(&weights, steps_per_round.max(1) as u32)).collect();
+        for r in flare_core::get_all(&refs).map_err(runtime)? {
+            r.episode_returns.iter().for_each(|ret| recent.push(*ret));
+            for k in 0..r.continuous_actions.len() {
+                replay.push(&r.obs[k], &r.continuous_actions[k], r.rewards[k], &r.next_obs[k], r.terminated[k]);
+            }
+            step += r.continuous_actions.len() as u64;
+        }
+        let t = Instant::now();
+        while learned_at < step && replay.len >= cfg.batch_size {
+            learned_at += 1;
+            let batch = replay.sample(cfg.batch_size, &mut rng);
+            let policy_steps = if learned_at % cfg.policy_frequency == 0 { cfg.policy_frequency } else { 0 };
+            sac.update(&batch, &mut rng, policy_steps, cfg.tau, cfg.gamma).map_err(learner_error)?;
+        }
+        learner_s += t.elapsed().as_secs_f64();
+        if step >= reported_at + 1000 {
+            reported_at = step - step % 1000;
             progress(&Progress { env_steps: step, mean_return: recent.mean(), wall_s: t0.elapsed().as_secs_f64(), learner_s });
             if recent.solved(threshold) {
                 break;
