@@ -59,6 +59,34 @@ pub trait Env: Send {
     }
 }
 
+/// A boxed environment is one (so wrappers take what `make` returns).
+impl Env for Box<dyn Env> {
+    fn id(&self) -> &str {
+        (**self).id()
+    }
+    fn observation_space(&self) -> Space {
+        (**self).observation_space()
+    }
+    fn action_space(&self) -> Space {
+        (**self).action_space()
+    }
+    fn reset(&mut self, seed: Option<u64>) -> (Vec<f32>, Info) {
+        (**self).reset(seed)
+    }
+    fn step(&mut self, action: &Action) -> Result<Step> {
+        (**self).step(action)
+    }
+    fn state(&self) -> Vec<f64> {
+        (**self).state()
+    }
+    fn set_state(&mut self, state: &[f64]) {
+        (**self).set_state(state)
+    }
+    fn reward_threshold(&self) -> Option<f64> {
+        (**self).reward_threshold()
+    }
+}
+
 /// Ends episodes after `max_episode_steps` steps with `truncated = true` (gymnasium's `TimeLimit`).
 pub struct TimeLimit<E> {
     env: E,
@@ -119,11 +147,53 @@ pub fn registered() -> &'static [(&'static str, u32)] {
     &[("CartPole-v1", 500), ("Acrobot-v1", 500), ("MountainCar-v0", 200), ("MountainCarContinuous-v0", 999), ("Pendulum-v1", 200)]
 }
 
-/// Makes a built-in environment wrapped in its registry time limit, as `gymnasium.make` does.
+/// What makes a registered environment.
+pub type EnvFactory = fn() -> Box<dyn Env>;
+
+static CUSTOM: std::sync::Mutex<Vec<(String, u32, EnvFactory)>> = std::sync::Mutex::new(Vec::new());
+
+/// Registers a user environment under `id` with its time limit, as `gymnasium.register` does;
+/// `make(id)` then builds it, and so do the training loops. A driver and its env runners are
+/// separate processes: register with [`register_env!`](crate::register_env), which runs
+/// before `main` in every process of the program, so that the runners know the id too.
+pub fn register(id: &str, max_episode_steps: u32, factory: EnvFactory) -> Result<()> {
+    if id.is_empty() || max_episode_steps == 0 {
+        return Err(Error::Registration(id.to_string(), "an id needs a name and a time limit of at least one step".into()));
+    }
+    let mut custom = CUSTOM.lock().unwrap_or_else(|p| p.into_inner());
+    if registered().iter().any(|(n, _)| *n == id) || custom.iter().any(|(n, _, _)| n == id) {
+        return Err(Error::Registration(id.to_string(), "this id is registered already; pick another".into()));
+    }
+    custom.push((id.to_string(), max_episode_steps, factory));
+    Ok(())
+}
+
+/// Registers an environment in every process of the program (driver and workers) before
+/// `main` runs: `flare_rl::register_env!("Corridor-v0", 100, || Box::new(Corridor::default()));`
+#[macro_export]
+macro_rules! register_env {
+    ($id:expr, $max_episode_steps:expr, $factory:expr) => {
+        const _: () = {
+            #[$crate::__private::ctor::ctor]
+            fn __flare_rl_register_env() {
+                if let Err(e) = $crate::env::register($id, $max_episode_steps, $factory) {
+                    eprintln!("flare-rl: {e}");
+                }
+            }
+        };
+    };
+}
+
+/// Makes an environment wrapped in its registry time limit, as `gymnasium.make` does: a
+/// built-in one, or one registered with [`register`].
 pub fn make(id: &str) -> Result<Box<dyn Env>> {
     let limit = registered().iter().find(|(name, _)| *name == id).map(|(_, l)| *l);
     let Some(limit) = limit else {
-        let known: Vec<&str> = registered().iter().map(|(n, _)| *n).collect();
+        let custom = CUSTOM.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, limit, factory)) = custom.iter().find(|(n, _, _)| n == id) {
+            return Ok(Box::new(TimeLimit::new(factory(), *limit)));
+        }
+        let known: Vec<&str> = registered().iter().map(|(n, _)| *n).chain(custom.iter().map(|(n, _, _)| n.as_str())).collect();
         return Err(Error::UnknownEnv(id.to_string(), known.join(", ")));
     };
     Ok(match id {

@@ -8,6 +8,9 @@ pub enum Error {
     /// No environment of that id is registered.
     #[error("no environment `{0}`; known ids: {1}")]
     UnknownEnv(String, String),
+    /// `register` was given an id it cannot take.
+    #[error("registering environment `{0}`: {1}")]
+    Registration(String, String),
     /// The action does not fit the action space.
     #[error("invalid action {action} for {env}: expected {expected}")]
     InvalidAction { env: String, action: String, expected: String },

@@ -24,7 +24,13 @@ pub mod spaces;
 pub mod vector;
 pub mod wrappers;
 
-pub use env::{make, registered, Action, Env, Info, Step, TimeLimit};
+pub use env::{make, register, registered, Action, Env, Info, Step, TimeLimit};
 pub use error::{Error, Result};
 pub use spaces::Space;
 pub use vector::VectorEnv;
+
+/// What `register_env!` expands to. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use ctor;
+}
