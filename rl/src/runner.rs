@@ -101,6 +101,22 @@ impl Sampler {
 }
 
 impl Sampler {
+    /// Records env `i`'s step for an off-policy learner (observation, next observation before
+    /// an autoreset, reward, termination) and resets the env if the episode ended.
+    fn record_transition(&mut self, r: &mut Rollout, i: usize, st: crate::env::Step) {
+        self.ep_ret[i] += st.reward;
+        let done = st.terminated || st.truncated;
+        r.next_obs.push(st.obs.clone());
+        r.obs.push(std::mem::replace(&mut self.obs[i], st.obs));
+        r.rewards.push(st.reward as f32);
+        r.dones.push(done);
+        r.terminated.push(st.terminated);
+        if done {
+            r.episode_returns.push(std::mem::take(&mut self.ep_ret[i]));
+            self.obs[i] = self.envs[i].reset(None).0;
+        }
+    }
+
     /// `num_steps` steps of every env with an epsilon-greedy policy on the Q-network `q`
     /// (DQN's behaviour policy), recording next observations and terminations.
     pub fn rollout_epsilon(&mut self, q: &Mlp, epsilon: f64, num_steps: usize) -> crate::Result<Rollout> {
@@ -116,18 +132,8 @@ impl Sampler {
                     qs.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).map(|(k, _)| k).unwrap_or(0)
                 };
                 let st = self.envs[i].step(&Action::Discrete(a as i64))?;
-                self.ep_ret[i] += st.reward;
-                let done = st.terminated || st.truncated;
-                r.next_obs.push(st.obs.clone());
-                r.obs.push(std::mem::replace(&mut self.obs[i], st.obs));
                 r.actions.push(a as u32);
-                r.rewards.push(st.reward as f32);
-                r.dones.push(done);
-                r.terminated.push(st.terminated);
-                if done {
-                    r.episode_returns.push(std::mem::take(&mut self.ep_ret[i]));
-                    self.obs[i] = self.envs[i].reset(None).0;
-                }
+                self.record_transition(&mut r, i, st);
             }
         }
         r.last_obs = self.obs.clone();
@@ -156,18 +162,8 @@ impl Sampler {
                     (None, None) => Vec::new(),
                 };
                 let st = self.envs[i].step(&Action::Continuous(action.clone()))?;
-                self.ep_ret[i] += st.reward;
-                let done = st.terminated || st.truncated;
-                r.next_obs.push(st.obs.clone());
-                r.obs.push(std::mem::replace(&mut self.obs[i], st.obs));
                 r.continuous_actions.push(action);
-                r.rewards.push(st.reward as f32);
-                r.dones.push(done);
-                r.terminated.push(st.terminated);
-                if done {
-                    r.episode_returns.push(std::mem::take(&mut self.ep_ret[i]));
-                    self.obs[i] = self.envs[i].reset(None).0;
-                }
+                self.record_transition(&mut r, i, st);
             }
         }
         r.last_obs = self.obs.clone();

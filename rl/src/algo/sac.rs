@@ -506,6 +506,19 @@ pub fn train(cfg: &SacConfig, mut progress: impl FnMut(&Progress)) -> Result<(Su
             }
         }
     }
+    finish(cfg, sac, &recent, threshold, step, t0, learner_s)
+}
+
+/// The end of a run: the last checkpoint and the summary.
+fn finish(
+    cfg: &SacConfig,
+    sac: Sac,
+    recent: &super::Recent,
+    threshold: f64,
+    step: u64,
+    t0: Instant,
+    learner_s: f64,
+) -> Result<(Summary, Sac)> {
     if let Some(dir) = &cfg.checkpoint_dir {
         sac.save(dir, step)?;
     }
@@ -570,13 +583,7 @@ pub fn train_distributed(cfg: &SacConfig, num_runners: usize, mut progress: impl
             }
         }
     }
-    if let Some(dir) = &cfg.checkpoint_dir {
-        sac.save(dir, step)?;
-    }
-    let mut summary = recent.summary(threshold, step, t0);
-    summary.learner_s = learner_s;
-    summary.learner_device = Some(crate::learner::device_name(&sac.dev));
-    Ok((summary, sac))
+    finish(cfg, sac, &recent, threshold, step, t0, learner_s)
 }
 
 /// A learner for `env_id` with the weights of the checkpoint in `dir` (to act or evaluate).
