@@ -361,8 +361,8 @@ enum RlCommand {
         /// Where the learner runs: auto (its GPU if it has one, else the CPU), cpu, cuda, cuda:N.
         #[arg(long, default_value = "auto")]
         device: String,
-        /// With --num-env-runners (ppo, a2c, dqn): the learner in an actor of its own with this
-        /// many GPUs (a fraction shares one), on the GPU the scheduler assigns.
+        /// With --num-env-runners: the learner in an actor of its own with this many GPUs (a
+        /// fraction shares one), on the GPU the scheduler assigns.
         #[arg(long, default_value_t = 0.0)]
         learner_gpus: f64,
         /// CPU threads of a learner on the CPU (candle's; sets RAYON_NUM_THREADS). Default 1, or
@@ -721,15 +721,13 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
                 "sac" => {
-                    if learner_gpus > 0.0 {
-                        anyhow::bail!("--learner-gpus is for ppo, a2c and dqn; sac's learner stays in this process (--device)");
-                    }
                     let cfg = sac::SacConfig {
                         env_id: env.clone(),
                         seed,
                         total_env_steps: max_env_steps,
                         device,
                         num_envs_per_runner: num_envs_per_runner.unwrap_or(1),
+                        learner_num_gpus: learner_gpus,
                         ..Default::default()
                     };
                     let (mut summary, learner) = if num_env_runners == 0 {

@@ -89,9 +89,14 @@ fn a2c_dqn_and_sac_train_with_env_runner_actors() {
     // Rounds of 50 steps by 4 environments: 200 env steps each, Pendulum episodes of 200.
     assert!(last["env_steps"].as_u64().unwrap() >= 1600 && last["episodes"].as_u64().unwrap() >= 8, "{last}");
     assert!(last["eval_return"].as_f64().unwrap() < 0.0, "{last}");
-    let out = flare().args(["rl", "train", "--algo", "sac", "--num-env-runners", "1", "--learner-gpus", "1"]).output().unwrap();
+    // A GPU learner actor on a machine whose node has no GPU: refused, saying why.
+    let out = flare()
+        .args(["rl", "train", "--algo", "sac", "--env", "Pendulum-v1", "--num-env-runners", "1", "--learner-gpus", "1"])
+        .env("CUDA_VISIBLE_DEVICES", "")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--learner-gpus is for ppo, a2c and dqn"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("GPU"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

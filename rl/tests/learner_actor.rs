@@ -4,10 +4,15 @@
 //! present, the CPU otherwise. The node here declares one GPU, as `ray start --num-gpus 1` can
 //! on any machine.
 
-use flare_rl::algo::{dqn, ppo, Progress};
+use flare_rl::algo::{dqn, ppo, sac, Progress};
 
-fn init() {
+/// One test at a time: each checks the GPU share its own learner holds.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn init() -> std::sync::MutexGuard<'static, ()> {
+    let turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
     flare_core::init_with(flare_core::Config::new().num_cpus(4.0).num_gpus(1.0).log_to_driver(false)).unwrap();
+    turn
 }
 
 /// The device a learner given GPU 0 must report: cuda:0 where this build and machine have CUDA.
@@ -31,7 +36,7 @@ fn learner_pids(class: &str) -> Vec<u32> {
 
 #[test]
 fn ppo_learns_in_a_gpu_learner_actor() {
-    init();
+    let _turn = init();
     let cfg = ppo::PpoConfig { seed: 3, num_envs: 4, total_env_steps: 40_960, learner_num_gpus: 0.5, ..Default::default() };
     let mut in_use = Vec::new();
     let mut pids = Vec::new();
@@ -55,7 +60,7 @@ fn ppo_learns_in_a_gpu_learner_actor() {
 
 #[test]
 fn dqn_learns_in_a_gpu_learner_actor() {
-    init();
+    let _turn = init();
     let cfg = dqn::DqnConfig {
         seed: 1,
         total_env_steps: 20_000,
@@ -79,8 +84,39 @@ fn dqn_learns_in_a_gpu_learner_actor() {
 }
 
 #[test]
+fn sac_learns_in_a_gpu_learner_actor_and_hands_its_state_back() {
+    let _turn = init();
+    let cfg = sac::SacConfig {
+        total_env_steps: 1_600,
+        learning_starts: 400,
+        batch_size: 32,
+        hidden: 32,
+        num_envs_per_runner: 2,
+        steps_per_round: 25,
+        learner_num_gpus: 0.5,
+        ..Default::default()
+    };
+    let mut in_use = None;
+    let mut pids = Vec::new();
+    let (s, learner) = sac::train_distributed(&cfg, 2, |_: &Progress| {
+        in_use.get_or_insert_with(gpus_in_use);
+        pids = learner_pids("SacLearnerActor");
+    })
+    .unwrap();
+    assert_eq!(in_use, Some(0.5));
+    assert_eq!(pids.len(), 1);
+    assert_ne!(pids[0], std::process::id());
+    assert_eq!(s.learner_device.as_deref(), Some(expected_device()));
+    assert_eq!(s.env_steps, 1_600);
+    assert!(s.learner_s > 0.0, "{s:?}");
+    // The learner came back from the actor's process: it acts, within Pendulum's torque bound.
+    let a = learner.act(&[1.0, 0.0, 0.0]).unwrap();
+    assert!(a[0].abs() <= 2.0 && a[0] != 0.0, "{a:?}");
+}
+
+#[test]
 fn a_learner_asking_for_more_gpus_than_there_are_fails_clearly() {
-    init();
+    let _turn = init();
     let cfg = ppo::PpoConfig { total_env_steps: 2_048, learner_num_gpus: 2.0, ..Default::default() };
     let t = std::time::Instant::now();
     let e = ppo::train_distributed(&cfg, 1, |_: &Progress| {}).unwrap_err().to_string();

@@ -45,6 +45,14 @@ fn sac_checkpoints_resumes_and_reloads() {
         let (a, b) = (learner.act(&obs).unwrap(), exported.act(&obs));
         assert!((a[0] - b[0]).abs() < 1e-5, "{a:?} vs {b:?}");
     }
+    // All of a learner's variables move as plain data (what a SAC learner actor hands back).
+    let (_, mut other) =
+        sac::train(&SacConfig { seed: 9, total_env_steps: 500, checkpoint_dir: None, ..small(&dir) }, |_| {}).unwrap();
+    assert_ne!(other.act(&[1.0, 0.0, 0.0]).unwrap(), learner.act(&[1.0, 0.0, 0.0]).unwrap());
+    other.set_weights(&learner.weights().unwrap()).unwrap();
+    for obs in [[1.0f32, 0.0, 0.0], [0.0, 1.0, -3.0]] {
+        assert_eq!(other.act(&obs).unwrap(), learner.act(&obs).unwrap());
+    }
     let eval = sac::evaluate(&loaded, "Pendulum-v1", 2, 7).unwrap();
     assert!(eval.is_finite() && eval < 0.0);
 

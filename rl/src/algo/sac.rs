@@ -13,14 +13,18 @@ use crate::error::{Error, Result};
 use crate::learner::{learner_error, CResult, LearnerDevice};
 use crate::nn::{GaussianPolicy, Layer};
 use crate::rng::Rng;
+use crate::runner::Rollout;
 use crate::spaces::Space;
 use candle_core::{DType, Device, Module, Tensor, Var, D};
 use candle_nn::{linear, AdamW, Linear, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use flare_core::ObjectRef;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Instant;
 
 /// Hyperparameters; the defaults are CleanRL's.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SacConfig {
     pub env_id: String,
     pub seed: u64,
@@ -51,6 +55,8 @@ pub struct SacConfig {
     /// per round with the policy of that round.
     pub num_envs_per_runner: usize,
     pub steps_per_round: usize,
+    /// With env runners: GPUs for a learner actor of its own (0 keeps it in the driver).
+    pub learner_num_gpus: f64,
 }
 
 impl Default for SacConfig {
@@ -77,6 +83,7 @@ impl Default for SacConfig {
             device: LearnerDevice::Auto,
             num_envs_per_runner: 1,
             steps_per_round: 50,
+            learner_num_gpus: 0.0,
         }
     }
 }
@@ -528,53 +535,212 @@ fn finish(
     Ok((summary, sac))
 }
 
+/// Every variable of a learner (networks, targets, temperature) as plain data, to move a
+/// learner's state out of a learner actor.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SacWeights {
+    /// `(map/name, shape, values)`.
+    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+impl Sac {
+    fn maps(&self) -> [(&'static str, &VarMap); 3] {
+        [("actor", &self.actor_vars), ("q", &self.q_vars), ("target", &self.target_vars)]
+    }
+
+    /// The learner's variables as plain data.
+    pub fn weights(&self) -> Result<SacWeights> {
+        let mut tensors = Vec::new();
+        let mut add = |name: String, t: &Tensor| -> CResult<()> {
+            tensors.push((name, t.dims().to_vec(), t.flatten_all()?.to_vec1::<f32>()?));
+            Ok(())
+        };
+        let mut all = || -> CResult<()> {
+            for (prefix, map) in self.maps() {
+                let data = map.data().lock().unwrap_or_else(|p| p.into_inner());
+                for (name, var) in data.iter() {
+                    add(format!("{prefix}/{name}"), var.as_tensor())?;
+                }
+            }
+            add("log_alpha".into(), self.log_alpha.as_tensor())
+        };
+        all().map_err(learner_error)?;
+        Ok(SacWeights { tensors })
+    }
+
+    /// Sets the variables to `w`'s (from [`weights`](Self::weights) of a learner of the same sizes).
+    pub fn set_weights(&mut self, w: &SacWeights) -> Result<()> {
+        let set = |var: &Var, shape: &[usize], values: &[f32]| -> CResult<()> {
+            var.set(&Tensor::from_slice(values, shape, &self.dev)?)
+        };
+        for (name, shape, values) in &w.tensors {
+            let done = if name == "log_alpha" {
+                set(&self.log_alpha, shape, values).map(|_| true)
+            } else {
+                let (prefix, key) = name.split_once('/').unwrap_or(("", name));
+                let map = self.maps().into_iter().find(|(p, _)| *p == prefix).map(|(_, m)| m);
+                let data = map.map(|m| m.data().lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned());
+                match data.flatten() {
+                    Some(var) => set(&var, shape, values).map(|_| true),
+                    None => Ok(false),
+                }
+            };
+            if !done.map_err(learner_error)? {
+                return Err(Error::Learner(format!("these weights hold `{name}`, which this learner does not have")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a round of rollouts hands back to the loop driving the runners.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SacRound {
+    /// The policy for the next round (`None` while the warm-up's random actions go on).
+    pub policy: Option<GaussianPolicy>,
+    pub episode_returns: Vec<f64>,
+    pub env_steps: u64,
+    pub learner_s: f64,
+}
+
+/// SAC's side of a run with env runners: the learner, the replay buffer and the schedule of
+/// gradient steps (one per collected env step once learning starts).
+pub struct SacLearner {
+    cfg: SacConfig,
+    sac: Sac,
+    replay: Replay,
+    rng: Rng,
+    /// Env steps collected (from the checkpoint's step on a resume).
+    step: u64,
+    learned_at: u64,
+    random_until: u64,
+}
+
+impl SacLearner {
+    pub fn new(cfg: &SacConfig) -> Result<Self> {
+        let env = make(&cfg.env_id)?;
+        let (low, high) = box_bounds(&env.action_space(), &cfg.env_id)?;
+        let obs_dim = env.observation_space().dim();
+        let mut sac = Sac::new(cfg, obs_dim, &low, &high, cfg.device.open()?).map_err(learner_error)?;
+        let mut step = 0u64;
+        if let Some(dir) = &cfg.resume_from {
+            step = sac.load(dir)?;
+        }
+        // A resumed learner acts with its policy from the start; a fresh one explores first.
+        let random_until = if cfg.resume_from.is_some() { step } else { cfg.learning_starts };
+        let learned_at = step + if cfg.resume_from.is_some() { cfg.batch_size as u64 } else { cfg.learning_starts };
+        let replay = Replay::new(cfg.buffer_size.min(cfg.total_env_steps.max(1) as usize), obs_dim, low.len());
+        Ok(SacLearner { cfg: cfg.clone(), sac, replay, rng: Rng::new(cfg.seed), step, learned_at, random_until })
+    }
+
+    /// The policy runners step with now (`None`: random actions, the warm-up).
+    pub fn behaviour(&self) -> Result<Option<GaussianPolicy>> {
+        if self.step < self.random_until {
+            Ok(None)
+        } else {
+            self.sac.policy().map(Some)
+        }
+    }
+
+    /// Adds the rollouts to the replay buffer and takes the gradient steps now due.
+    pub fn ingest(&mut self, rollouts: &[Rollout]) -> Result<SacRound> {
+        let mut round = SacRound { policy: None, episode_returns: Vec::new(), env_steps: 0, learner_s: 0.0 };
+        for r in rollouts {
+            round.episode_returns.extend(&r.episode_returns);
+            for k in 0..r.continuous_actions.len() {
+                self.replay.push(&r.obs[k], &r.continuous_actions[k], r.rewards[k], &r.next_obs[k], r.terminated[k]);
+            }
+            round.env_steps += r.continuous_actions.len() as u64;
+        }
+        self.step += round.env_steps;
+        let t = Instant::now();
+        let cfg = &self.cfg;
+        while self.learned_at < self.step && self.replay.len >= cfg.batch_size {
+            self.learned_at += 1;
+            let batch = self.replay.sample(cfg.batch_size, &mut self.rng);
+            let policy_steps = if self.learned_at % cfg.policy_frequency == 0 { cfg.policy_frequency } else { 0 };
+            self.sac.update(&batch, &mut self.rng, policy_steps, cfg.tau, cfg.gamma).map_err(learner_error)?;
+        }
+        round.learner_s = t.elapsed().as_secs_f64();
+        round.policy = self.behaviour()?;
+        Ok(round)
+    }
+}
+
+/// A [`SacLearner`] (with its replay buffer) in a worker process of its own, spawned with
+/// `learner_num_gpus`, so on the GPU share the scheduler assigns; it reads the runners'
+/// rollouts from the object store.
+pub struct SacLearnerActor {
+    learner: Mutex<SacLearner>,
+}
+
+#[flare_macros::actor(crate = ::flare_core)]
+impl SacLearnerActor {
+    fn new(cfg: SacConfig) -> Result<Self, String> {
+        Ok(SacLearnerActor { learner: Mutex::new(SacLearner::new(&cfg).map_err(|e| e.to_string())?) })
+    }
+
+    /// The step it starts from and the first round's policy.
+    fn start(&self) -> Result<(u64, Option<GaussianPolicy>), String> {
+        let l = self.learner.lock().unwrap_or_else(|p| p.into_inner());
+        Ok((l.step, l.behaviour().map_err(|e| e.to_string())?))
+    }
+
+    fn ingest(&self, rollouts: Vec<ObjectRef<Rollout>>) -> Result<SacRound, String> {
+        let rollouts = flare_core::get_all(&rollouts).map_err(|e| e.to_string())?;
+        self.learner.lock().unwrap_or_else(|p| p.into_inner()).ingest(&rollouts).map_err(|e| e.to_string())
+    }
+
+    fn weights(&self) -> Result<SacWeights, String> {
+        self.learner.lock().unwrap_or_else(|p| p.into_inner()).sac.weights().map_err(|e| e.to_string())
+    }
+
+    fn device(&self) -> String {
+        crate::learner::device_name(&self.learner.lock().unwrap_or_else(|p| p.into_inner()).sac.dev)
+    }
+}
+
 /// Trains with `num_runners` env-runner actors of `cfg.num_envs_per_runner` environments each
 /// (up to three restarts), stepping with the policy they get through the object store every
 /// round of `cfg.steps_per_round` steps per environment (random actions until
-/// `learning_starts`); the learner here takes one gradient step per collected env step once
-/// learning starts, as the single-process loop does. Needs a running Flare runtime.
+/// `learning_starts`); the learner takes one gradient step per collected env step once
+/// learning starts, as the single-process loop does, here or (`learner_num_gpus > 0`) in a
+/// learner actor on the GPU the scheduler assigns. Needs a running Flare runtime.
 pub fn train_distributed(cfg: &SacConfig, num_runners: usize, mut progress: impl FnMut(&Progress)) -> Result<(Summary, Sac)> {
-    let (num_envs, steps_per_round) = (cfg.num_envs_per_runner, cfg.steps_per_round);
     let runtime = |e: flare_core::Error| Error::Runtime(e.to_string());
     let t0 = Instant::now();
     let env = make(&cfg.env_id)?;
-    let (low, high) = box_bounds(&env.action_space(), &cfg.env_id)?;
-    let obs_dim = env.observation_space().dim();
-    let mut sac = Sac::new(cfg, obs_dim, &low, &high, cfg.device.open()?).map_err(learner_error)?;
-    let mut step = 0u64;
-    if let Some(dir) = &cfg.resume_from {
-        step = sac.load(dir)?;
-    }
     let pendulum = (cfg.env_id == "Pendulum-v1").then_some(-200.0);
     let threshold = cfg.stop_at.or(env.reward_threshold()).or(pendulum).unwrap_or(f64::INFINITY);
-    let runners = crate::runner::spawn_runners(&cfg.env_id, num_envs.max(1), cfg.seed, num_runners.max(1))?;
-    let mut rng = Rng::new(cfg.seed);
-    let mut replay = Replay::new(cfg.buffer_size.min(cfg.total_env_steps.max(1) as usize), obs_dim, low.len());
+    enum Learner {
+        Here(Box<SacLearner>),
+        Actor(flare_core::ActorHandle<SacLearnerActor>),
+    }
+    let mut learner = if cfg.learner_num_gpus > 0.0 {
+        let spawn = SacLearnerActor::remote(cfg.clone()).num_gpus(cfg.learner_num_gpus).num_cpus(0.0).spawn();
+        Learner::Actor(spawn.map_err(runtime)?)
+    } else {
+        Learner::Here(Box::new(SacLearner::new(cfg)?))
+    };
+    let (mut step, mut policy) = match &learner {
+        Learner::Here(l) => (l.step, l.behaviour()?),
+        Learner::Actor(a) => a.start().get().map_err(runtime)?,
+    };
+    let runners = crate::runner::spawn_runners(&cfg.env_id, cfg.num_envs_per_runner.max(1), cfg.seed, num_runners.max(1))?;
     let mut recent = super::Recent::default();
-    let random_until = if cfg.resume_from.is_some() { step } else { cfg.learning_starts };
-    let learn_from = step + if cfg.resume_from.is_some() { cfg.batch_size as u64 } else { cfg.learning_starts };
-    let mut learned_at = learn_from;
     let mut reported_at = step;
     let mut learner_s = 0.0;
     while step < cfg.total_env_steps {
-        let policy = if step < random_until { None } else { Some(sac.policy()?) };
         let weights = flare_core::put(&policy).map_err(runtime)?;
-        let refs: Vec<_> = runners.iter().map(|r| r.sample_gaussian(&weights, steps_per_round.max(1) as u32)).collect();
-        for r in flare_core::get_all(&refs).map_err(runtime)? {
-            r.episode_returns.iter().for_each(|ret| recent.push(*ret));
-            for k in 0..r.continuous_actions.len() {
-                replay.push(&r.obs[k], &r.continuous_actions[k], r.rewards[k], &r.next_obs[k], r.terminated[k]);
-            }
-            step += r.continuous_actions.len() as u64;
-        }
-        let t = Instant::now();
-        while learned_at < step && replay.len >= cfg.batch_size {
-            learned_at += 1;
-            let batch = replay.sample(cfg.batch_size, &mut rng);
-            let policy_steps = if learned_at % cfg.policy_frequency == 0 { cfg.policy_frequency } else { 0 };
-            sac.update(&batch, &mut rng, policy_steps, cfg.tau, cfg.gamma).map_err(learner_error)?;
-        }
-        learner_s += t.elapsed().as_secs_f64();
+        let refs: Vec<_> = runners.iter().map(|r| r.sample_gaussian(&weights, cfg.steps_per_round.max(1) as u32)).collect();
+        let round = match &mut learner {
+            Learner::Here(l) => l.ingest(&flare_core::get_all(&refs).map_err(runtime)?)?,
+            Learner::Actor(a) => a.ingest(refs).get().map_err(runtime)?,
+        };
+        round.episode_returns.iter().for_each(|ret| recent.push(*ret));
+        step += round.env_steps;
+        learner_s += round.learner_s;
+        policy = round.policy;
         if step >= reported_at + 1000 {
             reported_at = step - step % 1000;
             progress(&Progress { env_steps: step, mean_return: recent.mean(), wall_s: t0.elapsed().as_secs_f64(), learner_s });
@@ -583,7 +749,25 @@ pub fn train_distributed(cfg: &SacConfig, num_runners: usize, mut progress: impl
             }
         }
     }
-    finish(cfg, sac, &recent, threshold, step, t0, learner_s)
+    let (sac, device) = match learner {
+        Learner::Here(l) => {
+            let device = crate::learner::device_name(&l.sac.dev);
+            (l.sac, device)
+        }
+        Learner::Actor(a) => {
+            // The learner's state comes here, so the caller can act, evaluate and save as
+            // after a run in this process.
+            let w = a.weights().get().map_err(runtime)?;
+            let (low, high) = box_bounds(&env.action_space(), &cfg.env_id)?;
+            let dev = cfg.device.open()?;
+            let mut sac = Sac::new(cfg, env.observation_space().dim(), &low, &high, dev).map_err(learner_error)?;
+            sac.set_weights(&w)?;
+            (sac, a.device().get().map_err(runtime)?)
+        }
+    };
+    let (mut summary, sac) = finish(cfg, sac, &recent, threshold, step, t0, learner_s)?;
+    summary.learner_device = Some(device);
+    Ok((summary, sac))
 }
 
 /// A learner for `env_id` with the weights of the checkpoint in `dir` (to act or evaluate).
