@@ -386,7 +386,7 @@ fn jobs_run_on_a_node_that_has_their_resources() {
     // goes to n1's agent, the entrypoint runs there, its output lands in the head's log.
     let wd = c.dir.join("wd");
     std::fs::create_dir_all(&wd).unwrap();
-    std::fs::write(wd.join("run.sh"), "echo \"on $FLARE_NODE_NAME as $FLARE_JOB_ID, $WHO\"; cat data.txt; echo oops >&2\n")
+    std::fs::write(wd.join("run.sh"), "echo \"on $FLARE_NODE_NAME as $FLARE_JOB_ID, $WHO\"; cat data.txt; echo oops >&2; pwd\n")
         .unwrap();
     std::fs::write(wd.join("data.txt"), "payload from the package\n").unwrap();
     let (name, zip) = flare::head::package::zip_dir(&wd, 1 << 20).unwrap();
@@ -406,6 +406,13 @@ fn jobs_run_on_a_node_that_has_their_resources() {
     assert_eq!(j["driver_node_id"], "n1", "{j}");
     assert!(logs.contains("on n1 as on-n1, with env"), "{logs}");
     assert!(logs.contains("payload from the package") && logs.contains("oops"), "{logs}");
+    let unpacked = c.nodes.iter().find(|n| n.name == "n1").unwrap().dir.join("session_latest/jobs/on-n1");
+    assert!(logs.contains(&unpacked.join("working_dir").display().to_string()), "ran in n1's unpacked copy: {logs}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while unpacked.exists() {
+        assert!(Instant::now() < deadline, "n1 removes its copy of the working dir once the job ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // Two CPUs fit only on n1; a job that fits on the head stays there.
     submit(

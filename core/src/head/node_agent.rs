@@ -361,6 +361,8 @@ impl AgentService {
             }
         }
         let _ = waiter.join();
+        // The head keeps the job's record and log; the unpacked copy here goes.
+        let _ = std::fs::remove_dir_all(&dir);
         tracing::info!(job = id, "job ended");
         Ok(())
     }
