@@ -89,7 +89,17 @@ impl HttpClient {
         head.push_str("\r\n");
         let mut msg = head.into_bytes();
         msg.extend_from_slice(body);
-        conn.get_mut().write_all(&msg)?;
+        if let Err(e) = conn.get_mut().write_all(&msg) {
+            // A server may answer before it read the whole body (a 413 for a body over its
+            // limit) and close: read what it answered, as curl does, else report the write.
+            use std::io::ErrorKind::{BrokenPipe, ConnectionReset};
+            if !matches!(e.kind(), BrokenPipe | ConnectionReset) {
+                return Err(e);
+            }
+            let early = read_response(conn, method == "HEAD");
+            self.conn = None;
+            return early.map_err(|_| e);
+        }
         let r = read_response(conn, method == "HEAD");
         if r.as_ref().map_or(true, |r| r.header("connection").is_some_and(|c| c.eq_ignore_ascii_case("close"))) {
             self.conn = None;
