@@ -214,14 +214,10 @@ impl DqnLearner {
     /// does) and syncs the target network every `target_network_frequency` steps.
     pub fn ingest(&mut self, rollouts: &[Rollout]) -> Result<IngestOutput> {
         let t0 = Instant::now();
-        let mut out = IngestOutput {
-            q: Mlp { sizes: Vec::new(), params: Vec::new() },
-            episode_returns: Vec::new(),
-            env_steps: 0,
-            learner_s: 0.0,
-        };
+        let mut episode_returns = Vec::new();
+        let mut env_steps = 0u64;
         for r in rollouts {
-            out.episode_returns.extend(&r.episode_returns);
+            episode_returns.extend(&r.episode_returns);
             for k in 0..r.actions.len() {
                 self.push(Transition {
                     obs: r.obs[k].clone(),
@@ -231,9 +227,9 @@ impl DqnLearner {
                     terminal: r.terminated[k],
                 });
             }
-            out.env_steps += r.actions.len() as u64;
+            env_steps += r.actions.len() as u64;
         }
-        self.step += out.env_steps;
+        self.step += env_steps;
         let (freq, sync) = (self.cfg.train_frequency.max(1), self.cfg.target_network_frequency.max(1));
         while self.step > self.cfg.learning_starts && self.learned_at + freq <= self.step {
             self.learned_at += freq;
@@ -243,9 +239,7 @@ impl DqnLearner {
             self.synced_at = self.step - self.step % sync;
             self.sync_target()?;
         }
-        out.q = self.q_mlp()?;
-        out.learner_s = t0.elapsed().as_secs_f64();
-        Ok(out)
+        Ok(IngestOutput { q: self.q_mlp()?, episode_returns, env_steps, learner_s: t0.elapsed().as_secs_f64() })
     }
 }
 
@@ -348,13 +342,7 @@ pub fn train_distributed(cfg: &DqnConfig, num_runners: usize, mut progress: impl
 
 /// Trains a Q-network; `progress` gets a [`Progress`] every 1,000 steps.
 pub fn train(cfg: &DqnConfig, mut progress: impl FnMut(&Progress)) -> Result<(Summary, Mlp)> {
-    if cfg.learner_num_gpus > 0.0 {
-        return Err(Error::Learner(
-            "learner_num_gpus puts the learner in an actor of its own, which needs env-runner actors \
-             (train_distributed, --num-env-runners); in this process use `device` instead"
-                .into(),
-        ));
-    }
+    super::learner_here(cfg.learner_num_gpus)?;
     let t0 = Instant::now();
     let mut env = make(&cfg.env_id)?;
     let n_actions = super::discrete_actions(&*env, "DQN")?;

@@ -84,6 +84,19 @@ impl Recent {
     }
 }
 
+/// A learner actor (`learner_num_gpus > 0`) needs env runners to feed it; a run in this process
+/// picks its device with `device` instead.
+pub(crate) fn learner_here(learner_num_gpus: f64) -> crate::Result<()> {
+    if learner_num_gpus > 0.0 {
+        return Err(crate::Error::Learner(
+            "learner_num_gpus puts the learner in an actor of its own, which needs env-runner actors \
+             (train_distributed, --num-env-runners); in this process use `device` instead"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The number of actions of a discrete action space, or an error naming the algorithm.
 pub(crate) fn discrete_actions(env: &dyn crate::env::Env, algo: &str) -> crate::Result<usize> {
     match env.action_space() {

@@ -289,12 +289,7 @@ pub(crate) enum Source {
 
 impl Source {
     pub(crate) fn local(cfg: &PpoConfig) -> Result<Source> {
-        if cfg.learner_num_gpus > 0.0 {
-            return Err(Error::Learner(
-                "learner_num_gpus puts the learner in an actor of its own, which needs env-runner actors                  (train_distributed, --num-env-runners); in this process use `device` instead"
-                    .into(),
-            ));
-        }
+        super::learner_here(cfg.learner_num_gpus)?;
         Ok(Source::Local(Sampler::new(&cfg.env_id, cfg.num_envs, cfg.seed)?))
     }
 }

@@ -459,6 +459,7 @@ fn box_bounds(space: &Space, env: &str) -> Result<(Vec<f32>, Vec<f32>)> {
 
 /// Trains a policy; `progress` gets `(env_steps, mean_return_last_100)` every 1,000 steps.
 pub fn train(cfg: &SacConfig, mut progress: impl FnMut(&Progress)) -> Result<(Summary, Sac)> {
+    super::learner_here(cfg.learner_num_gpus)?;
     let t0 = Instant::now();
     let mut env = make(&cfg.env_id)?;
     let (low, high) = box_bounds(&env.action_space(), &cfg.env_id)?;
