@@ -357,6 +357,253 @@ fn a_placement_group_bundle_moves_off_a_dead_node() {
     flare::shutdown();
 }
 
+struct GpuHolder;
+
+/// Kills a child process when the test that started it ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[flare::actor]
+impl GpuHolder {
+    fn new() -> Self {
+        GpuHolder
+    }
+    fn devices(&self) -> String {
+        format!(
+            "{}@{}",
+            std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default(),
+            std::env::var("FLARE_NODE_NAME").unwrap_or_default()
+        )
+    }
+}
+
+/// The other driver of `two_drivers_share_a_node_without_oversubscribing_it`, run as a child
+/// process of this test binary (it does nothing without `FLARE_TEST_OTHER_DRIVER`): joins the
+/// cluster, holds a GPU and a CPU with an actor, writes where to its ready file, and keeps them
+/// until its stop file appears (or it is killed).
+#[test]
+fn other_driver_holding_a_gpu() {
+    let Ok(spec) = std::env::var("FLARE_TEST_OTHER_DRIVER") else { return };
+    let v: serde_json::Value = serde_json::from_str(&spec).unwrap();
+    let (address, token) = (v["address"].as_str().unwrap(), v["token"].as_str().unwrap());
+    flare::init_with(Config::new().address(address).token(token).log_to_driver(false)).unwrap();
+    let h = GpuHolder::remote().num_cpus(1.0).num_gpus(1.0).spawn().unwrap();
+    let at = h.devices().get_timeout(Duration::from_secs(60)).unwrap();
+    std::fs::write(v["ready"].as_str().unwrap(), at).unwrap();
+    let stop = std::path::PathBuf::from(v["stop"].as_str().unwrap());
+    // Never outlives a test that failed before it said stop.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !stop.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(h);
+    flare::shutdown();
+}
+
+#[test]
+fn two_drivers_share_a_node_without_oversubscribing_it() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = TestCluster::start(flare_bin(), 0.0).unwrap();
+    c.add_node("n1", 2.0, 1.0, &[]).unwrap();
+    let dir = std::env::temp_dir().join(format!("flare-two-drivers-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let other = |tag: &str| {
+        let spec = serde_json::json!({
+            "address": c.address, "token": c.token,
+            "ready": dir.join(format!("{tag}.ready")), "stop": dir.join(format!("{tag}.stop")),
+        });
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "other_driver_holding_a_gpu", "--nocapture"])
+            .env("FLARE_TEST_OTHER_DRIVER", spec.to_string())
+            .env_remove("FLARE_ADDRESS")
+            .spawn()
+            .unwrap();
+        let child = KillOnDrop(child);
+        let ready = dir.join(format!("{tag}.ready"));
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !ready.exists() {
+            assert!(Instant::now() < deadline, "the other driver never got n1's GPU");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(std::fs::read_to_string(&ready).unwrap(), "0@n1");
+        child
+    };
+    let mut a = other("a");
+    join(&c);
+    // This driver's view of n1 shows what the other holds: 1 of 2 CPUs and no GPU free.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let avail = flare::cluster_resources().unwrap().available;
+        if avail.get("GPU") == 0.0 && avail.get("CPU") == 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the driver never saw the other's use of n1: {avail}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A GPU task waits while the other driver holds the GPU; a CPU task runs beside it.
+    let gpu = where_am_i::options().num_cpus(0.0).num_gpus(1.0).remote(0);
+    assert_eq!(where_am_i::remote(0).get_timeout(Duration::from_secs(60)).unwrap(), "n1");
+    let e = gpu.get_timeout(Duration::from_secs(2)).unwrap_err();
+    assert!(e.to_string().contains("imed out") || e.to_string().contains("timeout"), "{e}");
+    // Two 1-CPU tasks of 600 ms share the one CPU left: one after the other.
+    let t = Instant::now();
+    let two: Vec<_> = (0..2).map(|_| where_am_i::remote(600)).collect();
+    for r in two {
+        assert_eq!(r.get_timeout(Duration::from_secs(60)).unwrap(), "n1");
+    }
+    assert!(t.elapsed() >= Duration::from_millis(1200), "two tasks ran at once on one free CPU: {:?}", t.elapsed());
+    // The other driver ends: what it held goes back, and the GPU task runs.
+    std::fs::write(dir.join("a.stop"), "").unwrap();
+    assert!(a.0.wait().unwrap().success());
+    assert_eq!(gpu.get_timeout(Duration::from_secs(30)).unwrap(), "n1");
+    // A driver that is SIGKILLed gives its share back too (its agent session ends).
+    let mut b = other("b");
+    let gpu = where_am_i::options().num_cpus(0.0).num_gpus(1.0).remote(0);
+    assert!(gpu.get_timeout(Duration::from_secs(2)).is_err(), "the GPU was handed out twice");
+    unsafe { libc::kill(b.0.id() as i32, libc::SIGKILL) };
+    let _ = b.0.wait();
+    assert_eq!(gpu.get_timeout(Duration::from_secs(30)).unwrap(), "n1");
+    flare::shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+struct Tally {
+    n: u64,
+}
+
+#[flare::actor]
+impl Tally {
+    fn new() -> Self {
+        Tally { n: 0 }
+    }
+    fn add(&mut self, k: u64) -> u64 {
+        self.n += k;
+        self.n
+    }
+    /// Adds the length of `data` (a large argument travels as a file).
+    fn absorb(&mut self, data: Buffer) -> u64 {
+        self.n += data.len() as u64;
+        self.n
+    }
+}
+
+/// The owner in `a_named_actor_is_called_from_another_driver`, run as a child process of
+/// this test binary (it does nothing without `FLARE_TEST_ACTOR_OWNER`): creates the named
+/// actor `shared` on the cluster, adds 1, says so in its ready file and keeps the actor until
+/// its stop file appears.
+#[test]
+fn other_driver_owning_a_named_actor() {
+    let Ok(spec) = std::env::var("FLARE_TEST_ACTOR_OWNER") else { return };
+    let v: serde_json::Value = serde_json::from_str(&spec).unwrap();
+    let (address, token) = (v["address"].as_str().unwrap(), v["token"].as_str().unwrap());
+    flare::init_with(Config::new().address(address).token(token).log_to_driver(false)).unwrap();
+    let t = Tally::remote().num_cpus(1.0).name("shared").spawn().unwrap();
+    assert_eq!(t.add(1).get_timeout(Duration::from_secs(60)).unwrap(), 1);
+    std::fs::write(v["ready"].as_str().unwrap(), std::process::id().to_string()).unwrap();
+    let stop = std::path::PathBuf::from(v["stop"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !stop.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // What the other driver added is in the actor's state.
+    std::fs::write(v["ready"].as_str().unwrap(), t.add(0).get_timeout(Duration::from_secs(30)).unwrap().to_string()).unwrap();
+    drop(t);
+    flare::shutdown();
+}
+
+#[test]
+fn a_named_actor_is_called_from_another_driver() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = TestCluster::start(flare_bin(), 0.0).unwrap();
+    c.add_node("n1", 2.0, 0.0, &[]).unwrap();
+    let dir = std::env::temp_dir().join(format!("flare-actor-owner-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ready, stop) = (dir.join("ready"), dir.join("stop"));
+    let spec = serde_json::json!({"address": c.address, "token": c.token, "ready": ready, "stop": stop});
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "other_driver_owning_a_named_actor", "--nocapture"])
+        .env("FLARE_TEST_ACTOR_OWNER", spec.to_string())
+        .env_remove("FLARE_ADDRESS")
+        .spawn()
+        .unwrap();
+    let mut owner = KillOnDrop(child);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "the owner never created its actor");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let owner_pid = std::fs::read_to_string(&ready).unwrap();
+    std::fs::remove_file(&ready).unwrap();
+    join(&c);
+
+    // Found by name through the head's directory, and called: the owner's actor state.
+    let t = flare::get_actor::<Tally>("shared").unwrap();
+    assert_eq!(t.add(2).get_timeout(Duration::from_secs(30)).unwrap(), 3);
+    // A 3 MiB argument (a file in this driver's store) reaches the owner's actor.
+    let big = Buffer::from(vec![7u8; 3 << 20]);
+    assert_eq!(t.absorb(big).get_timeout(Duration::from_secs(30)).unwrap(), 3 + (3 << 20));
+    // Calls keep their order.
+    let refs: Vec<_> = (0..20).map(|_| t.add(1)).collect();
+    let got: Vec<u64> = refs.into_iter().map(|r| r.get_timeout(Duration::from_secs(30)).unwrap()).collect();
+    assert_eq!(got, (1..=20).map(|i| 3 + (3 << 20) + i).collect::<Vec<_>>());
+    // The name is the cluster's: this driver cannot take it, and is told who holds it.
+    let e = Tally::remote().num_cpus(0.0).name("shared").spawn().unwrap_err();
+    assert!(e.to_string().contains("already exists") && e.to_string().contains(&owner_pid), "{e}");
+    // Killing it is for its owner.
+    assert!(flare::kill(&t).unwrap_err().to_string().contains(&owner_pid));
+    // The directory lives in the head's database: a restarted head still has the entry, and
+    // the call path (driver to driver) does not go through the head.
+    c.restart_head().unwrap();
+    assert_eq!(t.add(0).get_timeout(Duration::from_secs(30)).unwrap(), 3 + (3 << 20) + 20);
+    let keys = c.client().get("/api/kv?prefix=__flare_actors/").unwrap().ok_json().unwrap();
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 1, "{keys}");
+
+    // The owner ends: the name is free again and calls fail saying why.
+    std::fs::write(&stop, "").unwrap();
+    assert!(owner.0.wait().unwrap().success());
+    assert_eq!(std::fs::read_to_string(&ready).unwrap(), (3 + (3 << 20) + 20).to_string(), "the owner saw every call");
+    let e = t.add(1).get_timeout(Duration::from_secs(30)).unwrap_err();
+    assert!(e.to_string().contains("owns it is gone"), "{e}");
+    let e = flare::get_actor::<Tally>("shared").unwrap_err();
+    assert!(e.to_string().contains("no live actor named `shared`"), "{e}");
+    let mine = Tally::remote().num_cpus(0.0).name("shared").spawn().unwrap();
+    assert_eq!(mine.add(5).get_timeout(Duration::from_secs(60)).unwrap(), 5);
+    // A killed actor's name is free; an owner that is SIGKILLed leaves a claim that the next
+    // driver to want the name takes over (the owner's port no longer answers).
+    flare::kill(&mine).unwrap();
+    std::fs::remove_file(&ready).unwrap();
+    let _ = std::fs::remove_file(&stop);
+    let again = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "other_driver_owning_a_named_actor", "--nocapture"])
+        .env("FLARE_TEST_ACTOR_OWNER", spec.to_string())
+        .env_remove("FLARE_ADDRESS")
+        .spawn()
+        .unwrap();
+    let mut again = KillOnDrop(again);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "the second owner never created its actor");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(again.0.id() as i32, libc::SIGKILL) };
+    let _ = again.0.wait();
+    let taken = Tally::remote().num_cpus(0.0).name("shared").spawn().unwrap();
+    assert_eq!(taken.add(7).get_timeout(Duration::from_secs(60)).unwrap(), 7);
+    drop(taken);
+    flare::shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Polls a job until its status is one of `want`.
 fn wait_job(hc: &flare::head::client::HeadClient, id: &str, want: &[&str], within: Duration) -> serde_json::Value {
     let deadline = Instant::now() + within;

@@ -104,6 +104,11 @@ pub enum Hello {
     /// `JobOutput` and ends with `JobExited`. `ToAgent::StopJob`, or the head closing the
     /// connection, stops the job (SIGTERM to its process group, SIGKILL 3 s later).
     Job { token: String, id: String, entrypoint: String, env: Vec<(String, String)>, package_size: u64 },
+    /// Another driver calls this driver's named actor `actor_id`: answered `FromAgent::Ready`
+    /// or `Refused`; then the worker protocol with this driver on the worker's side (the
+    /// caller sends `ToWorker::CreateActor` once, then `CallActor`s; `ToNode::TaskDone`s come
+    /// back). Argument files are pulled from `pull_addr`, the caller's cluster port.
+    ActorPeer { token: String, actor_id: ActorId, pid: u32, pull_addr: String },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -129,6 +134,24 @@ pub enum ToAgent {
     /// Part of a job's working-dir package.
     PackageChunk(#[serde(with = "serde_bytes")] Vec<u8>),
     StopJob,
+    /// Grant this driver exactly `alloc` of the node (its GPU devices included) under `lease`;
+    /// answered `Granted` or `Denied`.
+    Acquire {
+        lease: u64,
+        alloc: crate::resources::Allocation,
+    },
+    /// The grant is given back.
+    Release {
+        lease: u64,
+    },
+    /// The work under the grant blocks: its CPUs are free for others until `Reclaim`.
+    Lend {
+        lease: u64,
+    },
+    /// The work under the grant runs again: take its CPUs back if they are free.
+    Reclaim {
+        lease: u64,
+    },
 }
 
 /// Node agent to driver.
@@ -163,6 +186,20 @@ pub enum FromAgent {
     JobExited {
         code: Option<i32>,
         signal: Option<i32>,
+    },
+    /// The node's resources are the driver's under `lease` until it gives them back.
+    Granted {
+        lease: u64,
+    },
+    /// Not free: `others` is what other drivers hold on the node now.
+    Denied {
+        lease: u64,
+        others: crate::resources::Allocation,
+        why: String,
+    },
+    /// What other drivers hold on the node now (sent when it changes).
+    Usage {
+        others: crate::resources::Allocation,
     },
 }
 

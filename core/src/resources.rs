@@ -160,9 +160,29 @@ pub struct Allocation {
     pub resources: ResourceSet,
     /// The GPU devices taken and how much of each (fixed point), sorted by device id.
     pub gpus: Vec<(u32, u64)>,
+    /// The node agent's grant it is held under, on another node than the driver's (0: none).
+    #[serde(default)]
+    pub lease: u64,
 }
 
 impl Allocation {
+    /// Whether two allocations take the same resources and the same GPU devices (their grants aside).
+    pub fn same_as(&self, other: &Allocation) -> bool {
+        self.resources == other.resources && self.gpus == other.gpus
+    }
+
+    /// Adds `other` (resources, and GPU devices by id).
+    pub fn add(&mut self, other: &Allocation) {
+        self.resources.add(&other.resources);
+        for &(id, amount) in &other.gpus {
+            match self.gpus.iter_mut().find(|(i, _)| *i == id) {
+                Some((_, a)) => *a += amount,
+                None => self.gpus.push((id, amount)),
+            }
+        }
+        self.gpus.sort_unstable();
+    }
+
     /// The device ids this allocation may use (what `CUDA_VISIBLE_DEVICES` shows).
     pub fn gpu_ids(&self) -> Vec<u32> {
         self.gpus.iter().map(|(id, _)| *id).collect()
@@ -184,6 +204,10 @@ pub struct ResourcePool {
     total: ResourceSet,
     available: ResourceSet,
     gpus: Vec<GpuSlot>,
+    /// What others hold in it, as far as it was free when they were last said (a driver's view
+    /// of another node, whose agent grants its resources to every driver).
+    #[serde(default)]
+    external: Allocation,
 }
 
 impl ResourcePool {
@@ -194,13 +218,13 @@ impl ResourcePool {
             return Err(format!("a node declares whole GPUs only, got {}", fmt_fixed(gpu)));
         }
         let gpus = (0..(gpu / UNIT) as u32).map(|id| GpuSlot { id, available: UNIT, capacity: UNIT }).collect();
-        Ok(ResourcePool { available: total.clone(), total, gpus })
+        Ok(ResourcePool { available: total.clone(), total, gpus, external: Allocation::default() })
     }
 
     /// A bundle pool made of exactly what `alloc` took from its parent.
     pub fn from_allocation(alloc: &Allocation) -> Self {
         let gpus = alloc.gpus.iter().map(|&(id, amount)| GpuSlot { id, available: amount, capacity: amount }).collect();
-        ResourcePool { total: alloc.resources.clone(), available: alloc.resources.clone(), gpus }
+        ResourcePool { total: alloc.resources.clone(), available: alloc.resources.clone(), gpus, external: Allocation::default() }
     }
 
     pub fn total(&self) -> &ResourceSet {
@@ -277,7 +301,73 @@ impl ResourcePool {
             }
         }
         self.available.sub(req);
-        Some(Allocation { resources: req.clone(), gpus })
+        Some(Allocation { resources: req.clone(), gpus, lease: 0 })
+    }
+
+    /// Takes exactly `alloc` (its resources and its GPU devices) if all of it is free now.
+    pub fn try_take(&mut self, alloc: &Allocation) -> bool {
+        if !alloc.resources.is_subset_of(&self.available) {
+            return false;
+        }
+        let gpu_sum: u64 = alloc.gpus.iter().map(|(_, a)| a).sum();
+        if gpu_sum != alloc.resources.get_fixed(GPU) {
+            return false;
+        }
+        let fits = alloc.gpus.iter().all(|&(id, amount)| self.gpus.iter().any(|g| g.id == id && g.available >= amount));
+        if !fits {
+            return false;
+        }
+        self.available.sub(&alloc.resources);
+        for &(id, amount) in &alloc.gpus {
+            if let Some(g) = self.gpus.iter_mut().find(|g| g.id == id) {
+                g.available -= amount;
+            }
+        }
+        true
+    }
+
+    /// Says what others hold in this pool now: gives back what the last call took and takes
+    /// `others`, each resource and GPU device as far as it is free. Allocations of this pool's
+    /// owner go on as before; the pool's availability is then what is free for everyone.
+    pub fn set_external(&mut self, others: &Allocation) {
+        let old = std::mem::take(&mut self.external);
+        self.release(&old);
+        let mut took = Allocation::default();
+        for (k, v) in others.resources.iter() {
+            let x = v.min(self.available.get_fixed(k));
+            if x > 0 && k != GPU {
+                took.resources.set_fixed(k, x);
+            }
+        }
+        for &(id, amount) in &others.gpus {
+            if let Some(g) = self.gpus.iter_mut().find(|g| g.id == id) {
+                let x = amount.min(g.available);
+                if x > 0 {
+                    g.available -= x;
+                    took.gpus.push((id, x));
+                }
+            }
+        }
+        let gpu: u64 = took.gpus.iter().map(|(_, a)| a).sum();
+        if gpu > 0 {
+            took.resources.set_fixed(GPU, gpu);
+        }
+        // The GPU devices were taken above; the rest (the GPU total included) here.
+        self.available.sub(&took.resources);
+        self.external = took;
+    }
+
+    /// What others hold in this pool, as [`set_external`](Self::set_external) took it.
+    pub fn external(&self) -> &Allocation {
+        &self.external
+    }
+
+    /// What this pool's own allocations hold now (others' share left out).
+    pub fn own_used(&self) -> ResourceSet {
+        let mut used = self.total.clone();
+        used.sub(&self.available);
+        used.sub(&self.external.resources);
+        used
     }
 
     /// Gives back what [`try_allocate`](Self::try_allocate) took.
@@ -321,6 +411,36 @@ mod tests {
             pool.release(a);
         }
         assert_eq!(pool.try_allocate(&req(&[(GPU, 1.0)])).unwrap().gpu_ids(), vec![0]);
+    }
+
+    #[test]
+    fn exact_takes_and_others_share_of_a_view() {
+        let mut agent = ResourcePool::new(req(&[(CPU, 4.0), (GPU, 2.0)])).unwrap();
+        let mut view = agent.clone();
+        // A driver's view picks GPU 0; the agent grants exactly that, once.
+        let a = view.try_allocate(&req(&[(CPU, 1.0), (GPU, 1.0)])).unwrap();
+        assert_eq!(a.gpu_ids(), vec![0]);
+        assert!(agent.try_take(&a));
+        assert!(!agent.try_take(&a), "GPU 0 is taken");
+        // An allocation whose devices do not add up to its GPU amount is refused.
+        let mut bad = a.clone();
+        bad.gpus = vec![(1, UNIT / 2)];
+        assert!(!agent.try_take(&bad));
+        // Others hold 2 CPUs and GPU 1: the view has 1 CPU and no GPU left.
+        let others = Allocation { resources: req(&[(CPU, 2.0), (GPU, 1.0)]), gpus: vec![(1, UNIT)], ..Default::default() };
+        view.set_external(&others);
+        assert_eq!(view.available(), &req(&[(CPU, 1.0), (GPU, 0.0)]));
+        assert!(view.try_allocate(&req(&[(GPU, 0.5)])).is_none());
+        assert_eq!(view.own_used(), req(&[(CPU, 1.0), (GPU, 1.0)]));
+        // Others saying more than is free take only what is free, and give back only that.
+        let mut more = others.clone();
+        more.resources = req(&[(CPU, 9.0), (GPU, 1.0)]);
+        view.set_external(&more);
+        assert_eq!(view.available().get(CPU), 0.0);
+        view.release(&a);
+        view.set_external(&Allocation::default());
+        assert_eq!(view.available(), view.total(), "everything back, nothing twice");
+        assert_eq!(view.gpu_slots().iter().map(|g| g.available).sum::<u64>(), 2 * UNIT);
     }
 
     #[test]

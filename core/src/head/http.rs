@@ -53,6 +53,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/jobs/{id}/logs/tail", get(tail))
         .route("/api/kv", get(kv_keys))
         .route("/api/kv_add/{*key}", post(kv_add))
+        .route("/api/kv_claim/{*key}", post(kv_claim))
         .route("/api/kv_delete_prefix", post(kv_delete_prefix))
         .route("/api/cluster_status", get(cluster_status))
         .route("/metrics", get(metrics))
@@ -253,6 +254,18 @@ async fn kv_add(State(s): S, Path(key): Path<String>, body: Bytes) -> Result<Str
     let new = cur.wrapping_add(delta);
     s.db.kv_put(&key, new.to_string().as_bytes()).map_err(|e| err(500, e))?;
     Ok(new.to_string())
+}
+
+/// Stores the body at `key` only if nothing is there (a named actor's claim on its name):
+/// 200, or 409 with what the key holds.
+async fn kv_claim(State(s): S, Path(key): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+    let key = kv_key(&key)?.to_string();
+    let _guard = s.kv_lock.lock().await;
+    if let Some(cur) = s.db.kv_get(&key).map_err(|e| err(500, e))? {
+        return Ok((StatusCode::CONFLICT, cur).into_response());
+    }
+    s.db.kv_put(&key, &body).map_err(|e| err(500, e))?;
+    Ok(StatusCode::OK.into_response())
 }
 
 async fn kv_delete_prefix(State(s): S, Query(q): Query<Prefix>) -> Result<String, ApiError> {

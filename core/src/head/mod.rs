@@ -196,7 +196,7 @@ pub fn run(opts: HeadOptions) -> Result<(), String> {
     let agent = std::net::TcpListener::bind((opts.host.as_str(), 0))
         .map_err(|e| format!("cannot listen on {} for drivers: {e}", opts.host))?;
     let agent_addr = agent.local_addr().map_err(|e| e.to_string())?;
-    let svc = node_agent::AgentService::new(shared.token.clone(), "head".into(), opts.session_dir.clone())?;
+    let svc = node_agent::AgentService::new(shared.token.clone(), "head".into(), opts.session_dir.clone(), shared.jobs.total())?;
     let agent_shm = svc.shm_root.clone();
     svc.spawn(agent)?;
     let head_node = rpc::NodeEntry {

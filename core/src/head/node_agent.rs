@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use crate::ids::WorkerId;
 use crate::protocol::{read_frame, write_frame, Conn, FromAgent, Hello, Receiver, ToAgent};
+use crate::resources::{Allocation, ResourcePool, ResourceSet, CPU};
 use crate::transfer::token_ok;
 
 use tonic::transport::{Channel, Endpoint};
@@ -70,7 +71,7 @@ pub fn run(mut opts: NodeAgentOptions) -> Result<(), String> {
     let listener = TcpListener::bind((host.as_str(), port)).map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     opts.address = format!("{host}:{}", bound.port());
-    let svc = AgentService::new(opts.token.clone(), opts.node_id.clone(), opts.session_dir.clone())?;
+    let svc = AgentService::new(opts.token.clone(), opts.node_id.clone(), opts.session_dir.clone(), &opts.resources)?;
     let shm_root = svc.shm_root.clone();
     svc.spawn(listener)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
@@ -137,26 +138,154 @@ pub fn run(mut opts: NodeAgentOptions) -> Result<(), String> {
     })
 }
 
+/// The node's resources as its agent grants them to drivers: every driver that schedules on
+/// the node takes what it uses from here first (`Acquire`), so two drivers never hold the same
+/// CPU or GPU share of it; each hears what the others hold (`Usage`) for its view.
+struct Ledger {
+    pool: ResourcePool,
+    /// Grants by driver session and lease: what each holds, and the CPUs it lent back while
+    /// its work blocks (fixed point).
+    grants: HashMap<(u64, u64), (Allocation, u64)>,
+    /// Each driver session's connection and the others' use it was last told.
+    sessions: HashMap<u64, (Arc<Conn>, Allocation)>,
+}
+
+/// The most grants one driver session holds at once.
+const MAX_GRANTS: usize = 1 << 16;
+
+impl Ledger {
+    /// What sessions other than `me` hold now (lent CPUs left out).
+    fn others(&self, me: u64) -> Allocation {
+        let mut sum = Allocation::default();
+        for ((s, _), (a, lent)) in &self.grants {
+            if *s != me {
+                let mut a = a.clone();
+                a.resources.set_fixed(CPU, a.resources.get_fixed(CPU).saturating_sub(*lent));
+                sum.add(&a);
+            }
+        }
+        sum.lease = 0;
+        sum
+    }
+
+    /// The `Usage` messages due to sessions whose others' use changed.
+    fn usage_updates(&mut self) -> Vec<(Arc<Conn>, FromAgent)> {
+        let ids: Vec<u64> = self.sessions.keys().copied().collect();
+        let mut out = Vec::new();
+        for id in ids {
+            let now = self.others(id);
+            let Some((conn, told)) = self.sessions.get_mut(&id) else { continue };
+            if !now.same_as(told) {
+                *told = now.clone();
+                out.push((conn.clone(), FromAgent::Usage { others: now }));
+            }
+        }
+        out
+    }
+
+    /// Handles one grant message of session `me`; returns the replies and updates to send.
+    fn handle(&mut self, me: u64, msg: ToAgent) -> Vec<(Arc<Conn>, FromAgent)> {
+        let Some(conn) = self.sessions.get(&me).map(|(c, _)| c.clone()) else { return Vec::new() };
+        let mut out = Vec::new();
+        match msg {
+            ToAgent::Acquire { lease, alloc } => {
+                let held = self.grants.keys().filter(|(s, _)| *s == me).count();
+                let why = if self.grants.contains_key(&(me, lease)) {
+                    Some(format!("lease {lease} is held already"))
+                } else if held >= MAX_GRANTS {
+                    Some(format!("this driver holds {held} grants on the node, the most it may"))
+                } else if self.pool.try_take(&alloc) {
+                    None
+                } else {
+                    Some(format!("{} is not free: {} of {} is", alloc.resources, self.pool.available(), self.pool.total()))
+                };
+                match why {
+                    None => {
+                        self.grants.insert((me, lease), (alloc, 0));
+                        out.push((conn, FromAgent::Granted { lease }));
+                    }
+                    Some(why) => out.push((conn, FromAgent::Denied { lease, others: self.others(me), why })),
+                }
+            }
+            ToAgent::Release { lease } => {
+                if let Some((mut a, lent)) = self.grants.remove(&(me, lease)) {
+                    a.resources.set_fixed(CPU, a.resources.get_fixed(CPU).saturating_sub(lent));
+                    self.pool.release(&a);
+                }
+            }
+            ToAgent::Lend { lease } => {
+                if let Some((a, lent)) = self.grants.get_mut(&(me, lease)) {
+                    if *lent == 0 {
+                        let mut part = Allocation::default();
+                        part.resources.set_fixed(CPU, a.resources.get_fixed(CPU));
+                        *lent = part.resources.get_fixed(CPU);
+                        self.pool.release(&part);
+                    }
+                }
+            }
+            ToAgent::Reclaim { lease } => {
+                if let Some((_, lent)) = self.grants.get_mut(&(me, lease)) {
+                    let mut part = Allocation::default();
+                    part.resources.set_fixed(CPU, *lent);
+                    if *lent > 0 && self.pool.try_take(&part) {
+                        *lent = 0;
+                    }
+                }
+            }
+            _ => {}
+        }
+        out.extend(self.usage_updates());
+        out
+    }
+
+    /// A driver session ended: everything it held goes back.
+    fn end_session(&mut self, me: u64) -> Vec<(Arc<Conn>, FromAgent)> {
+        self.sessions.remove(&me);
+        let mine: Vec<(u64, u64)> = self.grants.keys().filter(|(s, _)| *s == me).copied().collect();
+        for k in mine {
+            if let Some((mut a, lent)) = self.grants.remove(&k) {
+                a.resources.set_fixed(CPU, a.resources.get_fixed(CPU).saturating_sub(lent));
+                self.pool.release(&a);
+            }
+        }
+        self.usage_updates()
+    }
+}
+
+fn send_all(msgs: Vec<(Arc<Conn>, FromAgent)>) {
+    for (conn, m) in msgs {
+        let _ = conn.send(&m);
+    }
+}
+
 /// What a node's agent service needs: the cluster token, the node's name and where it keeps
-/// shipped executables, worker logs and the object files of the drivers it serves.
-#[derive(Debug, Clone)]
+/// shipped executables, worker logs and the object files of the drivers it serves; and the
+/// node's resources, which it grants to those drivers.
+#[derive(Clone)]
 pub struct AgentService {
     pub token: String,
     pub node_name: String,
     pub session_dir: PathBuf,
     /// Parent of each driver's store directory on this node (tmpfs when there is one).
     pub shm_root: PathBuf,
+    ledger: Arc<Mutex<Ledger>>,
 }
 
 impl AgentService {
-    pub fn new(token: String, node_name: String, session_dir: PathBuf) -> Result<Self, String> {
+    pub fn new(token: String, node_name: String, session_dir: PathBuf, resources: &HashMap<String, f64>) -> Result<Self, String> {
+        let mut total = ResourceSet::new();
+        for (k, v) in resources {
+            total.set(k, *v).map_err(|e| format!("resource {k}: {e}"))?;
+        }
+        let pool = ResourcePool::new(total)?;
+        let ledger = Arc::new(Mutex::new(Ledger { pool, grants: HashMap::new(), sessions: HashMap::new() }));
         let base = if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
         remove_stale_stores(&base);
         let shm_root = base.join(format!("flare_node_{}_{}", std::process::id(), super::now_ms()));
         for d in [session_dir.join("exe"), session_dir.join("logs"), shm_root.clone()] {
             std::fs::create_dir_all(&d).map_err(|e| format!("creating {}: {e}", d.display()))?;
         }
-        Ok(AgentService { token, node_name, session_dir, shm_root })
+        Ok(AgentService { token, node_name, session_dir, shm_root, ledger })
     }
 
     /// Serves drivers and object pulls on `listener` from a thread of its own.
@@ -392,9 +521,18 @@ impl AgentService {
         write_frame(&mut s, &FromAgent::Ready).map_err(|e| e.to_string())?;
         let _ = s.set_read_timeout(None);
         static SESSIONS: AtomicU64 = AtomicU64::new(0);
-        let shm = self.shm_root.join(format!("driver-{driver_pid}-{}", SESSIONS.fetch_add(1, Ordering::Relaxed)));
+        let session = SESSIONS.fetch_add(1, Ordering::Relaxed);
+        let shm = self.shm_root.join(format!("driver-{driver_pid}-{session}"));
         std::fs::create_dir_all(&shm).map_err(|e| format!("creating {}: {e}", shm.display()))?;
         let conn = Arc::new(Conn::new(s.try_clone().map_err(|e| e.to_string())?));
+        let first = {
+            let mut l = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+            let others = l.others(session);
+            l.sessions.insert(session, (conn.clone(), others.clone()));
+            others
+        };
+        // What other drivers hold here already, for this driver's first view of the node.
+        let _ = conn.send(&FromAgent::Usage { others: first });
         let mut rx = Receiver::new(s);
         let children: Arc<Mutex<HashMap<WorkerId, u32>>> = Arc::default();
         tracing::info!(driver = driver_pid, "serving a driver");
@@ -413,6 +551,12 @@ impl AgentService {
                         unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
                     }
                 }
+                Ok(Some(
+                    m @ (ToAgent::Acquire { .. } | ToAgent::Release { .. } | ToAgent::Lend { .. } | ToAgent::Reclaim { .. }),
+                )) => {
+                    let out = self.ledger.lock().unwrap_or_else(|p| p.into_inner()).handle(session, m);
+                    send_all(out);
+                }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => break,
             }
@@ -421,6 +565,9 @@ impl AgentService {
             // Safety: plain syscall on our own child.
             unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
         }
+        // Its workers are being killed: what it held is free for the other drivers.
+        let out = self.ledger.lock().unwrap_or_else(|p| p.into_inner()).end_session(session);
+        send_all(out);
         let _ = std::fs::remove_dir_all(&shm);
         tracing::info!(driver = driver_pid, "driver gone; its workers were stopped");
         Ok(())
@@ -561,4 +708,69 @@ fn receive_exe(s: &mut TcpStream, dest: &Path, hash: &str, size: u64) -> Result<
         let _ = std::fs::remove_file(&tmp);
     }
     done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alloc(cpu: f64, gpus: &[u32]) -> Allocation {
+        let mut a = Allocation::default();
+        a.resources.set(CPU, cpu).unwrap();
+        if !gpus.is_empty() {
+            a.resources.set(crate::resources::GPU, gpus.len() as f64).unwrap();
+        }
+        a.gpus = gpus.iter().map(|&g| (g, crate::resources::to_fixed("GPU", 1.0).unwrap())).collect();
+        a
+    }
+
+    fn usage_for(out: &[(Arc<Conn>, FromAgent)], conn: &Arc<Conn>) -> Option<Allocation> {
+        out.iter().find_map(|(c, m)| match m {
+            FromAgent::Usage { others } if Arc::ptr_eq(c, conn) => Some(others.clone()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn the_ledger_grants_each_share_of_a_node_to_one_driver() {
+        let mut total = ResourceSet::new();
+        total.set(CPU, 4.0).unwrap();
+        total.set(crate::resources::GPU, 1.0).unwrap();
+        let mut l = Ledger { pool: ResourcePool::new(total).unwrap(), grants: HashMap::new(), sessions: HashMap::new() };
+        let (c1, c2) = (Arc::new(Conn::new(std::io::sink())), Arc::new(Conn::new(std::io::sink())));
+        l.sessions.insert(1, (c1.clone(), Allocation::default()));
+        l.sessions.insert(2, (c2.clone(), Allocation::default()));
+
+        // Driver 1 takes a CPU and GPU 0; driver 2 hears of it.
+        let out = l.handle(1, ToAgent::Acquire { lease: 1, alloc: alloc(1.0, &[0]) });
+        assert!(matches!(out[0].1, FromAgent::Granted { lease: 1 }), "{:?}", out[0].1);
+        assert!(usage_for(&out, &c2).unwrap().same_as(&alloc(1.0, &[0])));
+        assert!(usage_for(&out, &c1).is_none(), "driver 1's others did not change");
+        // Driver 2 asking for the same GPU is denied, told what the others hold.
+        let out = l.handle(2, ToAgent::Acquire { lease: 1, alloc: alloc(1.0, &[0]) });
+        match &out[0].1 {
+            FromAgent::Denied { lease: 1, others, why } => {
+                assert!(others.same_as(&alloc(1.0, &[0])), "{others:?}");
+                assert!(why.contains("GPU"), "{why}");
+            }
+            other => panic!("a held GPU was granted again: {other:?}"),
+        }
+        // The remaining 3 CPUs go to driver 2; a grant id is not reused.
+        assert!(matches!(l.handle(2, ToAgent::Acquire { lease: 2, alloc: alloc(3.0, &[]) })[0].1, FromAgent::Granted { .. }));
+        assert!(matches!(l.handle(2, ToAgent::Acquire { lease: 2, alloc: alloc(0.0, &[]) })[0].1, FromAgent::Denied { .. }));
+        assert_eq!(l.pool.available().get(CPU), 0.0);
+        // Driver 1's work blocks: its CPU is free for the others, then taken back.
+        let out = l.handle(1, ToAgent::Lend { lease: 1 });
+        assert_eq!(l.pool.available().get(CPU), 1.0);
+        assert_eq!(usage_for(&out, &c2).unwrap().resources.get(CPU), 0.0);
+        l.handle(1, ToAgent::Reclaim { lease: 1 });
+        assert_eq!(l.pool.available().get(CPU), 0.0);
+        // Driver 1 goes: all it held is free, and driver 2 sees nobody else.
+        let out = l.end_session(1);
+        assert!(usage_for(&out, &c2).unwrap().same_as(&Allocation::default()));
+        assert!(matches!(l.handle(2, ToAgent::Acquire { lease: 3, alloc: alloc(1.0, &[0]) })[0].1, FromAgent::Granted { .. }));
+        l.handle(2, ToAgent::Release { lease: 2 });
+        l.handle(2, ToAgent::Release { lease: 3 });
+        assert_eq!(l.pool.available(), l.pool.total(), "every grant given back once");
+    }
 }

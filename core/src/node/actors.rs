@@ -61,6 +61,7 @@ impl NodeState {
                 death: None,
                 infeasible_since: None,
                 terminate_when_idle: false,
+                owner: None,
             },
         );
         self.note_held(caller, RefKey::Actor(aid));
@@ -95,7 +96,7 @@ impl NodeState {
                 continue;
             }
             let (req, strategy) = (a.spec.resources.clone(), a.spec.strategy.clone());
-            match self.decide(&req, &strategy) {
+            match self.decide(&req, &strategy, fx) {
                 super::sched::Decision::Alloc(alloc, from) => {
                     let key = alloc.gpu_ids();
                     let node = self.node_of(from);
@@ -363,7 +364,7 @@ impl NodeState {
             // Its node is gone: schedule it again wherever it fits now.
             if let Some(a) = self.actors.get_mut(&aid) {
                 if let Some((al, f)) = a.alloc.take() {
-                    self.release_alloc(al, f, false);
+                    self.release_alloc(al, f, false, fx);
                 }
             }
             if let Some(a) = self.actors.get_mut(&aid) {
@@ -397,12 +398,13 @@ impl NodeState {
             self.finish_call(aid, &call, Err(err.clone()), fx);
         }
         if let Some((al, from)) = alloc {
-            self.release_alloc(al, from, false);
+            self.release_alloc(al, from, false, fx);
         }
         if let Some(name) = &spec.name {
             let key = (spec.namespace.clone(), name.clone());
             if self.named.get(&key) == Some(&aid) {
                 self.named.remove(&key);
+                fx.push(Effect::Unclaim(spec.namespace.clone(), name.clone()));
             }
         }
         self.release_args(&spec.args, &spec.contained, fx);
@@ -419,6 +421,12 @@ impl NodeState {
         let Some(a) = self.actors.get(&aid) else {
             return Err(TaskError::new(ErrorKind::NotFound, format!("{aid} does not exist")));
         };
+        if let Some(owner) = &a.owner {
+            return Err(TaskError::new(
+                ErrorKind::System,
+                format!("actor {} belongs to {owner}; kill it from that driver", a.spec.name.as_deref().unwrap_or_default()),
+            ));
+        }
         if no_restart {
             let class = short_class(&a.spec.class).to_string();
             self.mark_actor_dead(

@@ -22,12 +22,12 @@ use crate::head::client::HeadClient;
 use crate::head::STATE_PREFIX;
 use crate::ids::{NodeId, WorkerId};
 use crate::protocol::{read_frame, write_frame, Conn, FromAgent, Hello, Receiver, Reply, Request, ToAgent, ToNode, ToWorker};
-use crate::resources::{ResourcePool, ResourceSet};
+use crate::resources::{Allocation, ResourcePool, ResourceSet};
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often the driver reads the head's node table.
 const NODE_POLL: Duration = Duration::from_secs(1);
@@ -36,11 +36,33 @@ const STATE_TASKS: usize = 1000;
 /// Bytes per frame of a shipped executable.
 const EXE_CHUNK: usize = 8 << 20;
 
-/// A node of the cluster as the driver's scheduler sees it.
+/// How long a grant that no work uses is kept for the next work of its shape.
+const GRANT_LINGER: Duration = Duration::from_millis(500);
+
+/// A node of the cluster as the driver's scheduler sees it. `pool` holds what this driver's
+/// work takes there and, as `external`, what the other drivers hold (as its agent last said).
 pub(crate) struct RemoteNode {
     pub link: Arc<AgentLink>,
     pub pool: ResourcePool,
     pub labels: Vec<(String, String)>,
+    /// The agent's grants this driver holds on the node.
+    pub grants: Vec<Grant>,
+    /// The grant asked for and not answered yet.
+    pub asking: Option<(u64, Allocation)>,
+    /// What other drivers hold on the node, as its agent last said.
+    pub others: Allocation,
+}
+
+/// Part of a node that its agent granted this driver: work on that node runs under one.
+pub(crate) struct Grant {
+    pub id: u64,
+    pub alloc: Allocation,
+    /// Work runs under it now.
+    pub busy: bool,
+    /// Its CPUs were lent back once (the agent may not have them back): given back after its
+    /// work, not reused.
+    pub lent: bool,
+    pub idle_since: Instant,
 }
 
 /// A worker started through an agent: its connection reader's progress and its log label.
@@ -76,6 +98,11 @@ impl AgentLink {
         let _ = self.conn.send(&ToAgent::Kill { wid });
     }
 
+    pub(crate) fn send(&self, msg: &ToAgent) {
+        // A failed send means the agent is gone; its reader drops the node.
+        let _ = self.conn.send(msg);
+    }
+
     /// Closes the connection; the agent then stops every worker it runs for this driver.
     pub(crate) fn close(&self) {
         let _ = self.stream.shutdown(Shutdown::Both);
@@ -84,10 +111,12 @@ impl AgentLink {
 
 /// What a driver that joined a cluster keeps.
 pub(crate) struct ClusterCtx {
-    head: HeadClient,
+    pub head: HeadClient,
     pub token: String,
     /// `host:port` where this driver's node accepts remote workers and pulls.
     pub worker_addr: String,
+    /// The head's directory keys of the actor names this driver holds.
+    pub claims: Mutex<std::collections::HashSet<String>>,
 }
 
 impl NodeState {
@@ -121,6 +150,103 @@ impl NodeState {
         }
     }
 
+    /// Covers `alloc`, just taken from node `n`'s view, by a grant of its agent: an idle grant
+    /// of the same shape if this driver holds one; else one is asked for (one question per node
+    /// at a time) and the work waits for the answer. True when the work may use `alloc` now.
+    pub(crate) fn lease(&mut self, n: NodeId, alloc: &mut Allocation, fx: &mut Vec<Effect>) -> bool {
+        if n == LOCAL {
+            return true;
+        }
+        let Some(r) = self.remote.get_mut(&n) else { return false };
+        if let Some(g) = r.grants.iter_mut().find(|g| !g.busy && g.alloc.same_as(alloc)) {
+            g.busy = true;
+            alloc.lease = g.id;
+            return true;
+        }
+        if r.asking.is_none() {
+            self.next_lease += 1;
+            let lease = self.next_lease;
+            let mut want = alloc.clone();
+            want.lease = lease;
+            fx.push(Effect::Agent(r.link.clone(), ToAgent::Acquire { lease, alloc: want.clone() }));
+            r.asking = Some((lease, want));
+        }
+        false
+    }
+
+    /// The work under `alloc` on node `n` ended: its grant waits for the next work of its shape
+    /// (or goes back at once if its CPUs were lent), and the view takes the others' use again.
+    pub(crate) fn unlease(&mut self, n: NodeId, alloc: &Allocation, fx: &mut Vec<Effect>) {
+        let Some(r) = self.remote.get_mut(&n) else { return };
+        if let Some(i) = r.grants.iter().position(|g| g.id == alloc.lease && alloc.lease != 0) {
+            if r.grants[i].lent {
+                let g = r.grants.swap_remove(i);
+                fx.push(Effect::Agent(r.link.clone(), ToAgent::Release { lease: g.id }));
+            } else {
+                r.grants[i].busy = false;
+                r.grants[i].idle_since = Instant::now();
+            }
+        }
+        let others = r.others.clone();
+        r.pool.set_external(&others);
+    }
+
+    /// The work under grant `lease` on node `n` blocks (`lend`) or runs again.
+    pub(crate) fn lend_grant(&mut self, n: NodeId, lease: u64, lend: bool, fx: &mut Vec<Effect>) {
+        let Some(r) = self.remote.get_mut(&n) else { return };
+        let Some(g) = r.grants.iter_mut().find(|g| g.id == lease) else { return };
+        g.lent = true;
+        let msg = if lend { ToAgent::Lend { lease } } else { ToAgent::Reclaim { lease } };
+        fx.push(Effect::Agent(r.link.clone(), msg));
+    }
+
+    /// Gives back grants no work used for a while.
+    pub(crate) fn release_idle_grants(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        for r in self.remote.values_mut() {
+            let link = r.link.clone();
+            r.grants.retain(|g| {
+                let keep = g.busy || now.duration_since(g.idle_since) < GRANT_LINGER;
+                if !keep {
+                    fx.push(Effect::Agent(link.clone(), ToAgent::Release { lease: g.id }));
+                }
+                keep
+            });
+        }
+    }
+
+    /// Node `n`'s agent answered the grant asked for (`Granted`: `others` is `None`).
+    pub(crate) fn agent_answered(&mut self, n: NodeId, lease: u64, denied: Option<Allocation>, fx: &mut Vec<Effect>) {
+        let Some(r) = self.remote.get_mut(&n) else { return };
+        let asked = match r.asking.take() {
+            Some((id, a)) if id == lease => a,
+            other => {
+                // Not the question outstanding (cannot happen): a grant nobody waits for goes back.
+                r.asking = other;
+                if denied.is_none() {
+                    fx.push(Effect::Agent(r.link.clone(), ToAgent::Release { lease }));
+                }
+                return;
+            }
+        };
+        match denied {
+            None => r.grants.push(Grant { id: lease, alloc: asked, busy: false, lent: false, idle_since: Instant::now() }),
+            Some(others) => {
+                r.others = others;
+                let others = r.others.clone();
+                r.pool.set_external(&others);
+            }
+        }
+        self.dirty = true;
+    }
+
+    /// Node `n`'s agent says what the other drivers hold there now.
+    pub(crate) fn agent_usage(&mut self, n: NodeId, others: Allocation) {
+        let Some(r) = self.remote.get_mut(&n) else { return };
+        r.pool.set_external(&others);
+        r.others = others;
+        self.dirty = true;
+    }
+
     /// A node is gone: its workers are dead workers (their tasks retry elsewhere, their actors
     /// restart elsewhere) and its resources leave the cluster.
     pub(crate) fn node_died(&mut self, n: NodeId, reason: &str, fx: &mut Vec<Effect>) {
@@ -144,13 +270,13 @@ impl NodeState {
             .flat_map(|(id, b)| b.iter().enumerate().filter(|(_, (_, _, node))| *node == n).map(move |(i, _)| (*id, i)))
             .collect();
         self.lost_bundles.extend(lost);
-        self.replace_lost_bundles();
+        self.replace_lost_bundles(fx);
         self.dirty = true;
     }
 
     /// Places bundles whose node died again, where they fit now (STRICT_SPREAD: on a node no
     /// other bundle of the group uses); the rest wait for the next pass.
-    pub(crate) fn replace_lost_bundles(&mut self) {
+    pub(crate) fn replace_lost_bundles(&mut self, fx: &mut Vec<Effect>) {
         let lost = std::mem::take(&mut self.lost_bundles);
         for (pg, i) in lost {
             let Some(entry) = self.pgs.get(&pg) else { continue };
@@ -171,10 +297,17 @@ impl NodeState {
                 self.lost_bundles.push((pg, i));
                 continue;
             };
-            let Some(a) = self.pool_mut(target).and_then(|p| p.try_allocate(&req)) else {
+            let Some(mut a) = self.pool_mut(target).and_then(|p| p.try_allocate(&req)) else {
                 self.lost_bundles.push((pg, i));
                 continue;
             };
+            if !self.lease(target, &mut a, fx) {
+                if let Some(p) = self.pool_mut(target) {
+                    p.release(&a);
+                }
+                self.lost_bundles.push((pg, i));
+                continue;
+            }
             if let Some(super::state::PgEntry { state: super::state::PgState::Created(b), .. }) = self.pgs.get_mut(&pg) {
                 b[i] = (ResourcePool::from_allocation(&a), a, target);
                 tracing::info!(pg = %pg, bundle = i, node = %target, "bundle moved off a dead node");
@@ -211,7 +344,7 @@ impl Node {
         let listener = TcpListener::bind((node_ip, 0))
             .map_err(|e| crate::Error::io(format!("listening on {node_ip} for remote workers"), e))?;
         let port = listener.local_addr().map_err(|e| crate::Error::io("reading the listener's address", e))?.port();
-        let ctx = ClusterCtx { head, token, worker_addr: format!("{node_ip}:{port}") };
+        let ctx = ClusterCtx { head, token, worker_addr: format!("{node_ip}:{port}"), claims: Mutex::default() };
         if self.cluster.set(ctx).is_err() {
             return Err(crate::Error::Config("this driver already joined a cluster".into()));
         }
@@ -266,11 +399,7 @@ impl Node {
             let nodes: Vec<serde_json::Value> = st
                 .remote
                 .values()
-                .map(|r| {
-                    let mut used = r.pool.total().clone();
-                    used.sub(r.pool.available());
-                    serde_json::json!({"name": r.link.name, "used": as_map(&used)})
-                })
+                .map(|r| serde_json::json!({"name": r.link.name, "used": as_map(&r.pool.own_used())}))
                 .collect();
             let mut demands: Vec<(ResourceSet, usize)> = Vec::new();
             let mut count = |req: &ResourceSet| match demands.iter_mut().find(|(r, _)| r == req) {
@@ -404,7 +533,10 @@ impl Node {
             workers: Mutex::new(HashMap::new()),
         });
         self.with_state(|st, _| {
-            st.remote.insert(id, RemoteNode { link: link.clone(), pool, labels });
+            st.remote.insert(
+                id,
+                RemoteNode { link: link.clone(), pool, labels, grants: Vec::new(), asking: None, others: Allocation::default() },
+            );
             st.dirty = true;
         });
         tracing::info!(node = %name, %address, "using node {name} as {id}");
@@ -460,6 +592,12 @@ fn read_agent(node: Weak<Node>, link: Arc<AgentLink>, mut rx: Receiver) {
                     eprintln!("({label} {wid}, node={}) {line}", link.name);
                 }
             }
+            FromAgent::Granted { lease } => n.with_state(|st, fx| st.agent_answered(link.node, lease, None, fx)),
+            FromAgent::Denied { lease, others, why } => {
+                tracing::debug!(node = %link.name, "grant {lease} denied: {why}");
+                n.with_state(|st, fx| st.agent_answered(link.node, lease, Some(others), fx));
+            }
+            FromAgent::Usage { others } => n.with_state(|st, _| st.agent_usage(link.node, others)),
             other => tracing::debug!(node = %link.name, "unexpected message from the agent: {other:?}"),
         }
     }
@@ -498,6 +636,10 @@ fn serve_tcp(node: Arc<Node>, mut s: TcpStream) {
             if let Err(e) = crate::transfer::serve_pull(s, &path, offset, len, false, &roots) {
                 tracing::debug!("serving a pull of {path}: {e}");
             }
+        }
+        Hello::ActorPeer { token, actor_id, pid, pull_addr } if crate::transfer::token_ok(&token, &ctx.token) => {
+            tracing::info!(actor = %actor_id, driver = pid, "another driver calls a named actor");
+            super::peers::serve_actor_peer(node.clone(), s, actor_id, pull_addr);
         }
         _ => tracing::warn!("a connection to the cluster port without this cluster's token was dropped"),
     }

@@ -9,6 +9,7 @@
 mod actors;
 pub(crate) mod cluster;
 mod objects;
+mod peers;
 mod sched;
 mod session;
 mod state;
@@ -50,6 +51,10 @@ pub(crate) enum Effect {
     Kill(u32),
     /// Kill a worker on another node (through its agent).
     KillRemote(Arc<cluster::AgentLink>, WorkerId),
+    /// A message to a node agent (grants).
+    Agent(Arc<cluster::AgentLink>, crate::protocol::ToAgent),
+    /// A named actor died: its name in the head's directory is free (namespace, name).
+    Unclaim(String, String),
 }
 
 /// Settings resolved from [`Config`] and the machine.
@@ -184,6 +189,8 @@ impl Node {
                     unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
                 }
                 Effect::KillRemote(link, wid) => link.kill(wid),
+                Effect::Agent(link, msg) => link.send(&msg),
+                Effect::Unclaim(ns, name) => self.unclaim_actor_name(&ns, &name),
             }
         }
     }
@@ -195,7 +202,14 @@ impl Node {
     }
 
     pub(crate) fn create_actor(&self, caller: WorkerId, spec: ActorSpec) -> Result<(), TaskError> {
-        self.with_state(|st, fx| st.create_actor(caller, spec, fx))
+        // In a cluster, a name is claimed in the head's directory first (it is cluster-wide).
+        self.claim_actor_name(&spec)?;
+        let (ns, name) = (spec.namespace.clone(), spec.name.clone());
+        let out = self.with_state(|st, fx| st.create_actor(caller, spec, fx));
+        if let (Err(_), Some(name)) = (&out, name) {
+            self.unclaim_actor_name(&ns, &name);
+        }
+        out
     }
 
     pub(crate) fn submit_actor_task(&self, caller: WorkerId, spec: ActorCallSpec) {
@@ -206,9 +220,9 @@ impl Node {
         let promise = self.with_state(|st, fx| st.get(id, fx));
         if caller != WorkerId::DRIVER && promise.try_get().is_none() {
             // A worker blocked in `get` lends its CPU back so nested tasks can run (Ray does the same).
-            self.with_state(|st, _| st.lend_cpu(caller));
+            self.with_state(|st, fx| st.lend_cpu(caller, fx));
             if let Some(node) = self.me.upgrade() {
-                promise.on_complete(move |_| node.with_state(|st, _| st.reclaim_cpu(caller)));
+                promise.on_complete(move |_| node.with_state(|st, fx| st.reclaim_cpu(caller, fx)));
             }
         }
         promise
@@ -234,8 +248,17 @@ impl Node {
         self.with_state(|st, fx| st.kill_actor(id, no_restart, fx))
     }
 
-    pub(crate) fn get_named_actor(&self, name: &str, namespace: &str) -> Result<(ActorId, String), TaskError> {
-        self.with_state(|st, _| st.named_actor(name, namespace))
+    /// This driver's actor of that name; else, in a cluster, another driver's (through the
+    /// head's directory), which is then known here by that name.
+    pub(crate) fn get_named_actor(self: &Arc<Self>, name: &str, namespace: &str) -> Result<(ActorId, String), TaskError> {
+        match self.with_state(|st, _| st.named_actor(name, namespace)) {
+            Err(e) if e.kind == ErrorKind::NotFound && self.cluster.get().is_some() => {
+                let (aid, class) = self.foreign_actor(name, namespace)?;
+                self.with_state(|st, _| st.named.insert((namespace.to_string(), name.to_string()), aid));
+                Ok((aid, class))
+            }
+            other => other,
+        }
     }
 
     pub(crate) fn create_placement_group(&self, spec: PlacementGroupSpec) -> Result<(), TaskError> {
@@ -261,6 +284,7 @@ impl Node {
     /// Stops every worker and removes the session's shared memory.
     pub(crate) fn shutdown(&self) {
         self.unpublish_state();
+        self.unclaim_all();
         let pids = self.with_state(|st, fx| st.shutdown(fx));
         // Give workers a moment to exit on their own, then make sure.
         let deadline = std::time::Instant::now() + Duration::from_millis(500);

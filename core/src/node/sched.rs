@@ -95,7 +95,7 @@ impl NodeState {
     }
 
     /// Decides where a request runs now.
-    pub(crate) fn decide(&mut self, req: &ResourceSet, strategy: &SchedulingStrategy) -> Decision {
+    pub(crate) fn decide(&mut self, req: &ResourceSet, strategy: &SchedulingStrategy, fx: &mut Vec<Effect>) -> Decision {
         if let SchedulingStrategy::PlacementGroup { pg, bundle_index } = strategy {
             return self.decide_bundle(req, *pg, *bundle_index);
         }
@@ -109,7 +109,17 @@ impl NodeState {
         };
         match result {
             SchedulingResult::Scheduled(n) => match self.pool_mut(n).and_then(|p| p.try_allocate(req)) {
-                Some(a) => Decision::Alloc(a, AllocFrom::Node(n)),
+                // On another node, the work waits for its agent's grant unless one is at hand.
+                Some(mut a) => {
+                    if self.lease(n, &mut a, fx) {
+                        Decision::Alloc(a, AllocFrom::Node(n))
+                    } else {
+                        if let Some(p) = self.pool_mut(n) {
+                            p.release(&a);
+                        }
+                        Decision::Wait
+                    }
+                }
                 None => Decision::Wait,
             },
             SchedulingResult::Queued => Decision::Wait,
@@ -138,7 +148,12 @@ impl NodeState {
             Some(i) => vec![i],
             None => (0..n).collect(),
         };
+        // A bundle whose node died waits until it is placed again (on a grant of another node).
+        let lost = |i: usize| self.lost_bundles.contains(&(pg, i));
         for &i in &candidates {
+            if lost(i) {
+                continue;
+            }
             if let Some(a) = bundles[i].0.try_allocate(req) {
                 return Decision::Alloc(a, AllocFrom::Bundle(pg, i));
             }
@@ -157,7 +172,22 @@ impl NodeState {
         }
     }
 
-    pub(crate) fn release_alloc(&mut self, alloc: Allocation, from: AllocFrom, cpu_lent: bool) {
+    pub(crate) fn release_alloc(&mut self, alloc: Allocation, from: AllocFrom, cpu_lent: bool, fx: &mut Vec<Effect>) {
+        if let AllocFrom::Node(n) = from {
+            if n != LOCAL {
+                // The view first, then its grant (which re-applies the others' use to the view).
+                let mut own = alloc.clone();
+                if cpu_lent {
+                    own.resources.set_fixed(CPU, 0);
+                }
+                if let Some(p) = self.pool_mut(n) {
+                    p.release(&own);
+                }
+                self.unlease(n, &alloc, fx);
+                self.dirty = true;
+                return;
+            }
+        }
         let mut alloc = alloc;
         if cpu_lent {
             alloc.resources.set_fixed(CPU, 0);
@@ -197,7 +227,7 @@ impl NodeState {
         }
         self.dirty = false;
         if !self.lost_bundles.is_empty() {
-            self.replace_lost_bundles();
+            self.replace_lost_bundles(fx);
         }
         self.schedule_placement_groups(fx);
         self.schedule_actors(fx);
@@ -215,7 +245,7 @@ impl NodeState {
                     continue;
                 }
                 let (req, strategy) = self.ready[qi].0.clone();
-                match self.decide(&req, &strategy) {
+                match self.decide(&req, &strategy, fx) {
                     Decision::Alloc(alloc, from) => {
                         self.ready[qi].1.pop_front();
                         self.start_task(tid, alloc, from, fx);
@@ -311,7 +341,7 @@ impl NodeState {
                 let t = self.tasks.get_mut(&tid).expect("checked above");
                 if let Some((a, from)) = t.alloc.take() {
                     let lent = std::mem::take(&mut t.cpu_lent);
-                    self.release_alloc(a, from, lent);
+                    self.release_alloc(a, from, lent, fx);
                 }
                 let t = self.tasks.get_mut(&tid).expect("checked above");
                 t.state = TaskState::PendingArgs;
@@ -356,7 +386,7 @@ impl NodeState {
                 t.worker = None;
                 if let Some((a, from)) = t.alloc.take() {
                     let lent = std::mem::take(&mut t.cpu_lent);
-                    self.release_alloc(a, from, lent);
+                    self.release_alloc(a, from, lent, fx);
                 }
                 self.enqueue_task(tid);
                 return;
@@ -364,7 +394,7 @@ impl NodeState {
         }
         let t = self.tasks.remove(&tid).expect("checked above");
         if let Some((a, from)) = t.alloc.clone() {
-            self.release_alloc(a, from, t.cpu_lent);
+            self.release_alloc(a, from, t.cpu_lent, fx);
         }
         let ret = t.spec.return_id();
         let mut info = self.task_info(tid, &t);
@@ -465,7 +495,7 @@ impl NodeState {
         t.worker = None;
         if let Some((a, from)) = t.alloc.take() {
             let lent = std::mem::take(&mut t.cpu_lent);
-            self.release_alloc(a, from, lent);
+            self.release_alloc(a, from, lent, fx);
         }
         let t = self.tasks.get_mut(&tid).expect("checked above");
         if t.cancelled {
@@ -488,7 +518,7 @@ impl NodeState {
     }
 
     /// A worker blocked in `get` gives its task's CPUs back until the get returns.
-    pub(crate) fn lend_cpu(&mut self, wid: WorkerId) {
+    pub(crate) fn lend_cpu(&mut self, wid: WorkerId, fx: &mut Vec<Effect>) {
         let Some(w) = self.workers.get_mut(&wid) else {
             return;
         };
@@ -515,12 +545,15 @@ impl NodeState {
         if let Some(pool) = self.pool_of(from) {
             pool.release(&part);
         }
+        if let AllocFrom::Node(n) = from {
+            self.lend_grant(n, a.lease, true, fx);
+        }
         self.dirty = true;
     }
 
     /// Takes the CPUs back once the worker's last blocking `get` returned (if they are free;
     /// otherwise the task finishes without them, as Ray's borrowed CPUs do).
-    pub(crate) fn reclaim_cpu(&mut self, wid: WorkerId) {
+    pub(crate) fn reclaim_cpu(&mut self, wid: WorkerId, fx: &mut Vec<Effect>) {
         let Some(w) = self.workers.get_mut(&wid) else {
             return;
         };
@@ -544,6 +577,9 @@ impl NodeState {
         req.set_fixed(CPU, a.resources.get_fixed(CPU));
         let took = self.pool_of(from).and_then(|p| p.try_allocate(&req)).is_some();
         if took {
+            if let AllocFrom::Node(n) = from {
+                self.lend_grant(n, a.lease, false, fx);
+            }
             if let Some(t) = self.tasks.get_mut(&tid) {
                 t.cpu_lent = false;
             }
@@ -628,16 +664,25 @@ impl NodeState {
                     let mut made = Vec::with_capacity(bundles.len());
                     for (b, n) in bundles.iter().zip(nodes) {
                         match self.pool_mut(n).and_then(|p| p.try_allocate(b)) {
-                            Some(a) => made.push((ResourcePool::from_allocation(&a), a, n)),
+                            Some(mut a) => {
+                                if self.lease(n, &mut a, fx) {
+                                    made.push((ResourcePool::from_allocation(&a), a, n));
+                                } else {
+                                    // Its node's agent is asked for it: the group waits for the answer.
+                                    if let Some(p) = self.pool_mut(n) {
+                                        p.release(&a);
+                                    }
+                                    break;
+                                }
+                            }
                             None => break,
                         }
                     }
                     if made.len() < bundles.len() {
-                        // Cannot happen (placement simulated the same allocations); undo and wait.
+                        // Undo and wait (for a grant; or, which cannot happen, the placement
+                        // simulated allocations that did not take).
                         for (_, a, n) in made {
-                            if let Some(p) = self.pool_mut(n) {
-                                p.release(&a);
-                            }
+                            self.release_alloc(a, AllocFrom::Node(n), false, fx);
                         }
                         still.push_back(id);
                         continue;
@@ -697,9 +742,7 @@ impl NodeState {
         }
         if let PgState::Created(bundles) = old {
             for (_, a, n) in bundles {
-                if let Some(p) = self.pool_mut(n) {
-                    p.release(&a);
-                }
+                self.release_alloc(a, AllocFrom::Node(n), false, fx);
             }
         }
         // Running tasks in the group: no retries, kill their workers.

@@ -148,6 +148,8 @@ pub(crate) struct ActorEntry {
     pub infeasible_since: Option<Instant>,
     /// All handles are gone: exit once the queued calls are done.
     pub terminate_when_idle: bool,
+    /// Another driver's actor (which one owns it), reached through its owner's cluster port.
+    pub owner: Option<String>,
 }
 
 pub(crate) enum PgState {
@@ -178,6 +180,8 @@ pub(crate) struct NodeState {
     /// Nodes of the cluster this driver joined, by the ids it gave them.
     pub remote: BTreeMap<NodeId, super::cluster::RemoteNode>,
     pub next_node: u32,
+    /// The last grant id asked of a node agent.
+    pub next_lease: u64,
     /// The SPREAD policy, whose round-robin position persists across decisions.
     pub spread: crate::scheduler::SpreadPolicy,
     pub objects: HashMap<ObjectId, ObjectEntry>,
@@ -220,6 +224,7 @@ impl NodeState {
             pool,
             remote: BTreeMap::new(),
             next_node: 1,
+            next_lease: 0,
             spread: Default::default(),
             objects: HashMap::new(),
             resident: BTreeMap::new(),
@@ -302,6 +307,8 @@ impl NodeState {
                 s.actors = self
                     .actors
                     .iter()
+                    // Another driver's actors are listed by their owner.
+                    .filter(|(_, a)| a.owner.is_none())
                     .map(|(id, a)| ActorInfo {
                         actor_id: *id,
                         class: a.spec.class.clone(),
@@ -436,6 +443,7 @@ impl NodeState {
             self.dirty = true;
         }
         self.reap_idle_workers(now, fx);
+        self.release_idle_grants(now, fx);
         self.update_metrics();
     }
 

@@ -127,7 +127,8 @@ impl NodeState {
             return;
         };
         w.conn = Some(conn);
-        w.pid = Some(pid);
+        // 0: no process of ours (another driver's actor, reached over a connection).
+        w.pid = (pid > 0).then_some(pid);
         match w.role {
             Role::Actor(aid) => self.send_create_actor(aid, wid, fx),
             Role::Pool => match w.assigned.take() {
@@ -198,7 +199,8 @@ impl WorkerEntry {
     pub(crate) fn kill_effect(&self, wid: WorkerId) -> Option<Effect> {
         match &self.link {
             Some(link) => Some(Effect::KillRemote(link.clone(), wid)),
-            None => self.pid.map(Effect::Kill),
+            // pid 0: no process of ours (another driver's actor, reached over a connection).
+            None => self.pid.filter(|p| *p > 0).map(Effect::Kill),
         }
     }
 }
