@@ -742,6 +742,42 @@ fn jobs_run_on_a_node_that_has_their_resources() {
     }
 }
 
+#[test]
+fn a_job_s_entrypoint_holds_its_gpu_against_drivers() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = TestCluster::start(flare_bin(), 0.0).unwrap();
+    c.add_node("n1", 1.0, 1.0, &[]).unwrap();
+    join(&c);
+    let hc = c.client();
+    // A driver's actor holds n1's GPU: a job that needs it waits, saying why.
+    let h = GpuHolder::remote().num_cpus(0.0).num_gpus(1.0).spawn().unwrap();
+    assert_eq!(h.devices().get_timeout(Duration::from_secs(60)).unwrap(), "0@n1");
+    let body = serde_json::json!({"entrypoint": "echo gpus=$CUDA_VISIBLE_DEVICES; sleep 5", "entrypoint_num_gpus": 1});
+    let j = hc.post_json("/api/jobs/", &body).unwrap().ok_json().unwrap();
+    let id = j["submission_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = hc.get(&format!("/api/jobs/{id}")).unwrap().ok_json().unwrap();
+        assert_eq!(v["status"], "PENDING", "the job ran on a GPU a driver holds: {v}");
+        if v["message"].as_str().is_some_and(|m| m.contains("drivers hold them on node n1")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job never said what it waits for: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The driver lets go: the job runs, with the GPU it was granted.
+    flare::kill(&h).unwrap();
+    wait_job(&hc, &id, &["RUNNING", "SUCCEEDED"], Duration::from_secs(30));
+    // While the entrypoint runs the GPU is its: a driver's GPU task waits for it.
+    let t = where_am_i::options().num_cpus(0.0).num_gpus(1.0).remote(0);
+    assert!(t.get_timeout(Duration::from_secs(1)).is_err(), "a driver took the GPU of a running job");
+    let v = wait_job(&hc, &id, &["SUCCEEDED", "FAILED", "STOPPED"], Duration::from_secs(60));
+    assert_eq!(v["status"], "SUCCEEDED", "{v}");
+    assert!(job_logs(&hc, &id).contains("gpus=0"), "{}", job_logs(&hc, &id));
+    assert_eq!(t.get_timeout(Duration::from_secs(30)).unwrap(), "n1");
+    flare::shutdown();
+}
+
 fn sleepers_of(cmd: &str) -> usize {
     let out = std::process::Command::new("pgrep").args(["-f", &format!("^{cmd}$")]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).lines().count()

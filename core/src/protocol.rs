@@ -109,6 +109,9 @@ pub enum Hello {
     /// caller sends `ToWorker::CreateActor` once, then `CallActor`s; `ToNode::TaskDone`s come
     /// back). Argument files are pulled from `pull_addr`, the caller's cluster port.
     ActorPeer { token: String, actor_id: ActorId, pid: u32, pull_addr: String },
+    /// The head holds a job entrypoint's resources on a node agent: `ToAgent::AcquireAny` and
+    /// `Release` follow; what the session holds goes back when it closes.
+    Grants { token: String },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -139,6 +142,11 @@ pub enum ToAgent {
     Acquire {
         lease: u64,
         alloc: crate::resources::Allocation,
+    },
+    /// Grant `resources` wherever they fit on the node (the agent picks the GPU devices).
+    AcquireAny {
+        lease: u64,
+        resources: crate::resources::ResourceSet,
     },
     /// The grant is given back.
     Release {
@@ -187,9 +195,10 @@ pub enum FromAgent {
         code: Option<i32>,
         signal: Option<i32>,
     },
-    /// The node's resources are the driver's under `lease` until it gives them back.
+    /// The node's resources are the driver's under `lease` until it gives them back: `alloc`.
     Granted {
         lease: u64,
+        alloc: crate::resources::Allocation,
     },
     /// Not free: `others` is what other drivers hold on the node now.
     Denied {

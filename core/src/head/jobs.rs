@@ -564,10 +564,33 @@ impl Jobs {
         g.stop_requested.contains(id)
     }
 
-    fn supervise(&self, launch: Launch) {
+    fn supervise(&self, mut launch: Launch) {
         let id = launch.id.clone();
-        let Some((node, addr)) = self.reserve(&id, &launch.demand) else {
-            return self.finish(&id, JobStatus::Stopped, "Job was intentionally stopped.".into(), None);
+        // The head's reservation picks the node; the node's agent grants the resources (so
+        // drivers scheduling there cannot take them while the entrypoint runs).
+        let (node, addr, _grant) = loop {
+            let Some((node, addr)) = self.reserve(&id, &launch.demand) else {
+                return self.finish(&id, JobStatus::Stopped, "Job was intentionally stopped.".into(), None);
+            };
+            match self.grant(&node, addr.as_deref(), &launch.demand) {
+                Ok(g) => {
+                    if let Some((_, alloc)) = &g {
+                        let ids = alloc.gpu_ids();
+                        if !ids.is_empty() {
+                            let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+                            launch.env_vars.insert(0, ("CUDA_VISIBLE_DEVICES".into(), ids.join(",")));
+                        }
+                    }
+                    break (node, addr, g);
+                }
+                Err(why) => {
+                    self.release(&node, &launch.demand);
+                    if let Some(j) = self.inner.0.lock().unwrap().jobs.get_mut(&id) {
+                        j.message = Some(format!("Waiting for resources {:?}: {why}", launch.demand));
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
         };
         let outcome = match &addr {
             None => self.run_here(&launch),
@@ -595,6 +618,48 @@ impl Jobs {
                 format!("Job entrypoint command failed with exit code {code}, last available logs (truncated to 20,000 chars):\n{tail}"),
                 Some(code),
             );
+        }
+    }
+
+    /// Holds the entrypoint's resources on `node` through its agent (the head's own for its
+    /// machine) until the returned connection closes, with what was granted. `Err`: not free
+    /// there now (drivers hold them), or the agent cannot be reached.
+    fn grant(
+        &self,
+        node: &str,
+        addr: Option<&str>,
+        demand: &HashMap<String, f64>,
+    ) -> Result<Option<(std::net::TcpStream, crate::resources::Allocation)>, String> {
+        use crate::protocol::{read_frame, write_frame, FromAgent, Hello, ToAgent};
+        let mut resources = crate::resources::ResourceSet::new();
+        for (k, v) in demand.iter().filter(|(_, v)| **v > 0.0) {
+            resources.set(k, *v)?;
+        }
+        if resources.is_empty() {
+            return Ok(None);
+        }
+        let addr = match addr {
+            Some(a) => a.to_string(),
+            None => {
+                self.nodes.lock().unwrap().get(HEAD_NODE).map(|n| n.address.clone()).ok_or("the head's node is not listed")?
+            }
+        };
+        let why = |e: String| format!("node {node}'s agent at {addr}: {e}");
+        let sock = addr.parse::<std::net::SocketAddr>().map_err(|e| why(e.to_string()))?;
+        let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(5)).map_err(|e| why(e.to_string()))?;
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        write_frame(&mut s, &Hello::Grants { token: self.token.clone() }).map_err(|e| why(e.to_string()))?;
+        write_frame(&mut s, &ToAgent::AcquireAny { lease: 1, resources }).map_err(|e| why(e.to_string()))?;
+        loop {
+            match read_frame::<FromAgent>(&mut s, 1 << 20).map_err(|e| why(e.to_string()))? {
+                FromAgent::Granted { alloc, .. } => {
+                    let _ = s.set_read_timeout(None);
+                    return Ok(Some((s, alloc)));
+                }
+                FromAgent::Denied { why: w, .. } => return Err(format!("drivers hold them on node {node} ({w})")),
+                FromAgent::Refused(w) => return Err(why(w)),
+                _ => {}
+            }
         }
     }
 

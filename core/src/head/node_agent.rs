@@ -146,8 +146,9 @@ struct Ledger {
     /// Grants by driver session and lease: what each holds, and the CPUs it lent back while
     /// its work blocks (fixed point).
     grants: HashMap<(u64, u64), (Allocation, u64)>,
-    /// Each driver session's connection and the others' use it was last told.
-    sessions: HashMap<u64, (Arc<Conn>, Allocation)>,
+    /// Each session's connection and the others' use it was last told (`None`: the head's
+    /// sessions for job entrypoints, which are not told).
+    sessions: HashMap<u64, (Arc<Conn>, Option<Allocation>)>,
 }
 
 /// The most grants one driver session holds at once.
@@ -174,7 +175,7 @@ impl Ledger {
         let mut out = Vec::new();
         for id in ids {
             let now = self.others(id);
-            let Some((conn, told)) = self.sessions.get_mut(&id) else { continue };
+            let Some((conn, Some(told))) = self.sessions.get_mut(&id) else { continue };
             if !now.same_as(told) {
                 *told = now.clone();
                 out.push((conn.clone(), FromAgent::Usage { others: now }));
@@ -188,23 +189,33 @@ impl Ledger {
         let Some(conn) = self.sessions.get(&me).map(|(c, _)| c.clone()) else { return Vec::new() };
         let mut out = Vec::new();
         match msg {
-            ToAgent::Acquire { lease, alloc } => {
+            ToAgent::Acquire { lease, .. } | ToAgent::AcquireAny { lease, .. } => {
                 let held = self.grants.keys().filter(|(s, _)| *s == me).count();
-                let why = if self.grants.contains_key(&(me, lease)) {
-                    Some(format!("lease {lease} is held already"))
+                let taken = if self.grants.contains_key(&(me, lease)) {
+                    Err(format!("lease {lease} is held already"))
                 } else if held >= MAX_GRANTS {
-                    Some(format!("this driver holds {held} grants on the node, the most it may"))
-                } else if self.pool.try_take(&alloc) {
-                    None
+                    Err(format!("this driver holds {held} grants on the node, the most it may"))
                 } else {
-                    Some(format!("{} is not free: {} of {} is", alloc.resources, self.pool.available(), self.pool.total()))
+                    let (want, got) = match msg {
+                        ToAgent::Acquire { alloc, .. } => {
+                            let ok = self.pool.try_take(&alloc);
+                            (alloc.resources.clone(), ok.then_some(alloc))
+                        }
+                        ToAgent::AcquireAny { resources, .. } => {
+                            let got = self.pool.try_allocate(&resources);
+                            (resources, got)
+                        }
+                        _ => unreachable!("matched above"),
+                    };
+                    got.ok_or_else(|| format!("{want} is not free: {} of {} is", self.pool.available(), self.pool.total()))
                 };
-                match why {
-                    None => {
-                        self.grants.insert((me, lease), (alloc, 0));
-                        out.push((conn, FromAgent::Granted { lease }));
+                match taken {
+                    Ok(mut alloc) => {
+                        alloc.lease = lease;
+                        self.grants.insert((me, lease), (alloc.clone(), 0));
+                        out.push((conn, FromAgent::Granted { lease, alloc }));
                     }
-                    Some(why) => out.push((conn, FromAgent::Denied { lease, others: self.others(me), why })),
+                    Err(why) => out.push((conn, FromAgent::Denied { lease, others: self.others(me), why })),
                 }
             }
             ToAgent::Release { lease } => {
@@ -320,6 +331,7 @@ impl AgentService {
                     tracing::debug!("serving a pull of {path}: {e}");
                 }
             }
+            Hello::Grants { token } if token_ok(&token, &self.token) => self.grants_session(s),
             Hello::Job { token, id, entrypoint, env, package_size } if token_ok(&token, &self.token) => {
                 if let Err(e) = self.job_session(s, &id, &entrypoint, &env, package_size) {
                     tracing::warn!("job {id}: {e}");
@@ -496,6 +508,25 @@ impl AgentService {
         Ok(())
     }
 
+    /// Holds resources for the head (a job entrypoint's) until the connection closes.
+    fn grants_session(&self, s: TcpStream) {
+        let _ = s.set_read_timeout(None);
+        static GRANT_SESSIONS: AtomicU64 = AtomicU64::new(1 << 62);
+        let session = GRANT_SESSIONS.fetch_add(1, Ordering::Relaxed);
+        let Ok(w) = s.try_clone() else { return };
+        let conn = Arc::new(Conn::new(w));
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner()).sessions.insert(session, (conn, None));
+        let mut rx = Receiver::new(s);
+        while let Ok(Some(m)) = rx.recv::<ToAgent>() {
+            if matches!(m, ToAgent::AcquireAny { .. } | ToAgent::Release { .. }) {
+                let out = self.ledger.lock().unwrap_or_else(|p| p.into_inner()).handle(session, m);
+                send_all(out);
+            }
+        }
+        let out = self.ledger.lock().unwrap_or_else(|p| p.into_inner()).end_session(session);
+        send_all(out);
+    }
+
     /// Receives the driver's executable unless it is cached, then starts and kills workers for
     /// the driver until its connection closes, and then stops them all.
     fn driver_session(&self, mut s: TcpStream, hash: &str, size: u64, driver_pid: u32, worker_addr: &str) -> Result<(), String> {
@@ -528,7 +559,7 @@ impl AgentService {
         let first = {
             let mut l = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
             let others = l.others(session);
-            l.sessions.insert(session, (conn.clone(), others.clone()));
+            l.sessions.insert(session, (conn.clone(), Some(others.clone())));
             others
         };
         // What other drivers hold here already, for this driver's first view of the node.
@@ -738,12 +769,12 @@ mod tests {
         total.set(crate::resources::GPU, 1.0).unwrap();
         let mut l = Ledger { pool: ResourcePool::new(total).unwrap(), grants: HashMap::new(), sessions: HashMap::new() };
         let (c1, c2) = (Arc::new(Conn::new(std::io::sink())), Arc::new(Conn::new(std::io::sink())));
-        l.sessions.insert(1, (c1.clone(), Allocation::default()));
-        l.sessions.insert(2, (c2.clone(), Allocation::default()));
+        l.sessions.insert(1, (c1.clone(), Some(Allocation::default())));
+        l.sessions.insert(2, (c2.clone(), Some(Allocation::default())));
 
         // Driver 1 takes a CPU and GPU 0; driver 2 hears of it.
         let out = l.handle(1, ToAgent::Acquire { lease: 1, alloc: alloc(1.0, &[0]) });
-        assert!(matches!(out[0].1, FromAgent::Granted { lease: 1 }), "{:?}", out[0].1);
+        assert!(matches!(out[0].1, FromAgent::Granted { lease: 1, .. }), "{:?}", out[0].1);
         assert!(usage_for(&out, &c2).unwrap().same_as(&alloc(1.0, &[0])));
         assert!(usage_for(&out, &c1).is_none(), "driver 1's others did not change");
         // Driver 2 asking for the same GPU is denied, told what the others hold.

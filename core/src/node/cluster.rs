@@ -592,7 +592,7 @@ fn read_agent(node: Weak<Node>, link: Arc<AgentLink>, mut rx: Receiver) {
                     eprintln!("({label} {wid}, node={}) {line}", link.name);
                 }
             }
-            FromAgent::Granted { lease } => n.with_state(|st, fx| st.agent_answered(link.node, lease, None, fx)),
+            FromAgent::Granted { lease, .. } => n.with_state(|st, fx| st.agent_answered(link.node, lease, None, fx)),
             FromAgent::Denied { lease, others, why } => {
                 tracing::debug!(node = %link.name, "grant {lease} denied: {why}");
                 n.with_state(|st, fx| st.agent_answered(link.node, lease, Some(others), fx));
