@@ -1,7 +1,8 @@
 //! `flare bench cluster`: a head and two node agents as real processes on this machine (a
 //! `TestCluster` started from this binary), this process as the driver that joins them.
 //! Measures object transfer between nodes (a driver-owned object pulled by a task on a node
-//! agent's worker) and task throughput on one node against two.
+//! agent's worker; and node to node: a result made on `n1`, which stays there, pulled by a
+//! task on `n2` straight from `n1`'s agent) and task throughput on one node against two.
 
 use flare::cluster_utils::TestCluster;
 use flare::{Buffer, Config, SchedulingStrategy};
@@ -10,6 +11,11 @@ use std::time::{Duration, Instant};
 #[flare::remote]
 fn byte_len(data: Buffer) -> u64 {
     data.len() as u64
+}
+
+#[flare::remote]
+fn make(n: u64, seed: u8) -> Buffer {
+    Buffer::from(vec![seed; n as usize])
 }
 
 #[flare::remote]
@@ -46,6 +52,16 @@ pub fn run(size: u64, rounds: usize, tasks: usize) -> anyhow::Result<serde_json:
         pull_s.push(t0.elapsed().as_secs_f64());
         anyhow::ensure!(n == size, "the task saw {n} bytes, not {size}");
     }
+    // Node -> node: made on n1 (waited for first), taken by a task on n2.
+    let mut n2n_s = Vec::new();
+    for r in 0..rounds {
+        let obj = make::options().scheduling_strategy(on(n1)).remote(size, r as u8);
+        flare::wait(std::slice::from_ref(&obj), 1, Some(t))?;
+        let t0 = Instant::now();
+        let n = byte_len::options().scheduling_strategy(on(n2)).remote(&obj).get_timeout(t)?;
+        n2n_s.push(t0.elapsed().as_secs_f64());
+        anyhow::ensure!(n == size, "the task on n2 saw {n} bytes, not {size}");
+    }
     let small = flare::put(&Buffer::from(vec![0u8; 16]))?;
     let mut base_s = Vec::new();
     for _ in 0..rounds {
@@ -78,6 +94,8 @@ pub fn run(size: u64, rounds: usize, tasks: usize) -> anyhow::Result<serde_json:
         "pull_s_median": pull,
         "task_overhead_s_median": base,
         "gb_per_s": size as f64 / pull / 1e9,
+        "node_to_node_s_median": median(n2n_s.clone()),
+        "node_to_node_gb_per_s": size as f64 / median(n2n_s) / 1e9,
         "gb_per_s_net_of_task_overhead": size as f64 / (pull - base).max(1e-9) / 1e9,
         "tasks": tasks,
         "tasks_per_s_one_node": one,

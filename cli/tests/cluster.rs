@@ -134,14 +134,43 @@ fn work_spills_to_nodes_spreads_and_moves_objects() {
     let obj = flare::put(&Buffer::from(data)).unwrap();
     let (sum, at) = checksum::options().resources("special", 1.0).remote(&obj).get_timeout(Duration::from_secs(60)).unwrap();
     assert_eq!((sum, at.as_str()), (want, "n2"));
+    let store_before = flare::cluster_resources().unwrap().store_used;
     let made =
         make_bytes::options().scheduling_strategy(SchedulingStrategy::NodeAffinity { node: n1, soft: false }).remote(40 << 20, 7);
+    // ...as the argument of a task on n2: pulled from n1's agent, not through the driver,
+    // whose store it never enters.
+    let (sum, at) = checksum::options().resources("special", 1.0).remote(&made).get_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(at, "n2");
+    assert_eq!(flare::cluster_resources().unwrap().store_used, store_before, "a result made on n1 stays on n1");
+    // The driver reads it by pulling a copy.
     let bytes = made.get_timeout(Duration::from_secs(60)).unwrap();
     assert_eq!(bytes.len(), 40 << 20);
     assert!(bytes.iter().enumerate().all(|(i, b)| *b == (i as u8).wrapping_mul(7)));
-    // ...and that result as the argument of a task on n2 (n1 -> driver -> n2).
-    let (sum, _) = checksum::options().resources("special", 1.0).remote(&made).get_timeout(Duration::from_secs(60)).unwrap();
     assert_eq!(sum, local_checksum(&bytes));
+    // Once freed, its file on n1 is deleted through n1's agent.
+    let n1_pid = c.nodes.iter().find(|n| n.name == "n1").unwrap().pid;
+    let big_files_on_n1 = || -> usize {
+        let mut n = 0;
+        for store in std::fs::read_dir("/dev/shm").unwrap().flatten() {
+            if !store.file_name().to_string_lossy().starts_with(&format!("flare_node_{n1_pid}_")) {
+                continue;
+            }
+            for session in std::fs::read_dir(store.path()).unwrap().flatten() {
+                for f in std::fs::read_dir(session.path()).into_iter().flatten().flatten() {
+                    n += (f.metadata().map(|m| m.len()).unwrap_or(0) >= 40 << 20) as usize;
+                }
+            }
+        }
+        n
+    };
+    assert_eq!(big_files_on_n1(), 1, "the result's file is on n1");
+    drop(bytes);
+    drop(made);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while big_files_on_n1() > 0 {
+        assert!(Instant::now() < deadline, "n1 kept the file of a freed object");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // A node agent's port runs nothing for a connection without the cluster's token.
     let n1_addr = flare::nodes().unwrap().into_iter().find(|n| n.name == "n1").unwrap().address;
@@ -227,6 +256,12 @@ fn a_killed_node_s_tasks_retry_and_its_actors_restart_elsewhere() {
     }
     std::thread::sleep(Duration::from_millis(50));
     let victim = std::fs::read_to_string(&marker).unwrap();
+    // An object made on the node about to die (it stays there).
+    let on_victim = make_bytes::options()
+        .num_cpus(0.0)
+        .scheduling_strategy(SchedulingStrategy::NodeAffinity { node: node_id(&victim), soft: true })
+        .remote(1 << 20, 3);
+    assert_eq!(flare::wait(std::slice::from_ref(&on_victim), 1, Some(Duration::from_secs(60))).unwrap().0.len(), 1);
     let t = Instant::now();
     c.kill_node(&victim).unwrap();
     let survivor = if victim == "a" { "b" } else { "a" };
@@ -243,6 +278,10 @@ fn a_killed_node_s_tasks_retry_and_its_actors_restart_elsewhere() {
     }
     // The dead node is out of the cluster.
     assert!(flare::nodes().unwrap().iter().all(|n| n.name != victim));
+    // Its object is rebuilt from lineage (its task runs again elsewhere).
+    let bytes = on_victim.get_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(bytes.len(), 1 << 20);
+    assert!(bytes.iter().enumerate().all(|(i, b)| *b == (i as u8).wrapping_mul(3)));
     // `flare list actors` shows the actor, on its current node, from the driver's published state.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -369,6 +408,36 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Starts this test binary's `test` as another driver (a child process; `spec` in the
+/// environment variable `var`) and waits until it writes `spec["ready"]`.
+fn other_driver(test: &str, var: &str, spec: &serde_json::Value) -> KillOnDrop {
+    let ready = std::path::PathBuf::from(spec["ready"].as_str().unwrap());
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture"])
+        .env(var, spec.to_string())
+        .env_remove("FLARE_ADDRESS")
+        .spawn()
+        .unwrap();
+    let child = KillOnDrop(child);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "the other driver ({test}) never got ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    child
+}
+
+/// In another driver: waits until the test writes `spec["stop"]` (at most 2 minutes, so it
+/// never outlives a test that failed first).
+fn wait_for_stop(spec: &serde_json::Value) {
+    let stop = std::path::PathBuf::from(spec["stop"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !stop.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[flare::actor]
 impl GpuHolder {
     fn new() -> Self {
@@ -396,12 +465,7 @@ fn other_driver_holding_a_gpu() {
     let h = GpuHolder::remote().num_cpus(1.0).num_gpus(1.0).spawn().unwrap();
     let at = h.devices().get_timeout(Duration::from_secs(60)).unwrap();
     std::fs::write(v["ready"].as_str().unwrap(), at).unwrap();
-    let stop = std::path::PathBuf::from(v["stop"].as_str().unwrap());
-    // Never outlives a test that failed before it said stop.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !stop.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_stop(&v);
     drop(h);
     flare::shutdown();
 }
@@ -419,21 +483,8 @@ fn two_drivers_share_a_node_without_oversubscribing_it() {
             "address": c.address, "token": c.token,
             "ready": dir.join(format!("{tag}.ready")), "stop": dir.join(format!("{tag}.stop")),
         });
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "other_driver_holding_a_gpu", "--nocapture"])
-            .env("FLARE_TEST_OTHER_DRIVER", spec.to_string())
-            .env_remove("FLARE_ADDRESS")
-            .spawn()
-            .unwrap();
-        let child = KillOnDrop(child);
-        let ready = dir.join(format!("{tag}.ready"));
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while !ready.exists() {
-            assert!(Instant::now() < deadline, "the other driver never got n1's GPU");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(std::fs::read_to_string(&ready).unwrap(), "0@n1");
+        let child = other_driver("other_driver_holding_a_gpu", "FLARE_TEST_OTHER_DRIVER", &spec);
+        assert_eq!(std::fs::read_to_string(dir.join(format!("{tag}.ready"))).unwrap(), "0@n1");
         child
     };
     let mut a = other("a");
@@ -508,11 +559,7 @@ fn other_driver_owning_a_named_actor() {
     let t = Tally::remote().num_cpus(1.0).name("shared").spawn().unwrap();
     assert_eq!(t.add(1).get_timeout(Duration::from_secs(60)).unwrap(), 1);
     std::fs::write(v["ready"].as_str().unwrap(), std::process::id().to_string()).unwrap();
-    let stop = std::path::PathBuf::from(v["stop"].as_str().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !stop.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_stop(&v);
     // What the other driver added is in the actor's state.
     std::fs::write(v["ready"].as_str().unwrap(), t.add(0).get_timeout(Duration::from_secs(30)).unwrap().to_string()).unwrap();
     drop(t);
@@ -529,19 +576,7 @@ fn a_named_actor_is_called_from_another_driver() {
     std::fs::create_dir_all(&dir).unwrap();
     let (ready, stop) = (dir.join("ready"), dir.join("stop"));
     let spec = serde_json::json!({"address": c.address, "token": c.token, "ready": ready, "stop": stop});
-    let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "other_driver_owning_a_named_actor", "--nocapture"])
-        .env("FLARE_TEST_ACTOR_OWNER", spec.to_string())
-        .env_remove("FLARE_ADDRESS")
-        .spawn()
-        .unwrap();
-    let mut owner = KillOnDrop(child);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !ready.exists() {
-        assert!(Instant::now() < deadline, "the owner never created its actor");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(50));
+    let mut owner = other_driver("other_driver_owning_a_named_actor", "FLARE_TEST_ACTOR_OWNER", &spec);
     let owner_pid = std::fs::read_to_string(&ready).unwrap();
     std::fs::remove_file(&ready).unwrap();
     join(&c);
@@ -583,18 +618,7 @@ fn a_named_actor_is_called_from_another_driver() {
     flare::kill(&mine).unwrap();
     std::fs::remove_file(&ready).unwrap();
     let _ = std::fs::remove_file(&stop);
-    let again = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "other_driver_owning_a_named_actor", "--nocapture"])
-        .env("FLARE_TEST_ACTOR_OWNER", spec.to_string())
-        .env_remove("FLARE_ADDRESS")
-        .spawn()
-        .unwrap();
-    let mut again = KillOnDrop(again);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !ready.exists() {
-        assert!(Instant::now() < deadline, "the second owner never created its actor");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut again = other_driver("other_driver_owning_a_named_actor", "FLARE_TEST_ACTOR_OWNER", &spec);
     unsafe { libc::kill(again.0.id() as i32, libc::SIGKILL) };
     let _ = again.0.wait();
     let taken = Tally::remote().num_cpus(0.0).name("shared").spawn().unwrap();

@@ -186,8 +186,10 @@ impl ObjectData {
     /// On a worker whose driver is on another node, a file that is not on this node is pulled
     /// first (and the copy deleted once mapped).
     pub fn map_file(id: ObjectId, path: &str) -> std::io::Result<ObjectData> {
-        let pulled = crate::transfer::localize(id, path)?;
-        let file = std::fs::File::open(pulled.as_deref().unwrap_or(std::path::Path::new(path)))?;
+        // A file of this node written by a worker here is opened where it is.
+        let here = crate::transfer::split_remote(path).map(|(_, p)| p).filter(|p| crate::transfer::in_own_store(p));
+        let pulled = if here.is_some() { None } else { crate::transfer::localize(id, path)? };
+        let file = std::fs::File::open(pulled.as_deref().unwrap_or(std::path::Path::new(here.unwrap_or(path))))?;
         if let Some(p) = &pulled {
             let _ = std::fs::remove_file(p);
         }

@@ -148,6 +148,10 @@ pub enum ToAgent {
         lease: u64,
         resources: crate::resources::ResourceSet,
     },
+    /// An object file of this driver on the node is no longer needed.
+    Free {
+        path: String,
+    },
     /// The grant is given back.
     Release {
         lease: u64,

@@ -160,6 +160,47 @@ pub(crate) fn pull(addr: &str, token: &str, path: &str, consume: bool, dest: &Pa
     Ok(size)
 }
 
+/// Where this process keeps copies of object files it pulls from other nodes, and the token
+/// it pulls with (a driver that joined a cluster, and every worker of one).
+#[derive(Clone)]
+struct Store {
+    dir: PathBuf,
+    token: String,
+}
+
+/// Set again by a driver that shut down and joined another cluster.
+static STORE: std::sync::RwLock<Option<Store>> = std::sync::RwLock::new(None);
+
+fn store() -> Option<Store> {
+    STORE.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Sets where this process's pulled copies go and the cluster token for pulls.
+pub(crate) fn set_store(dir: PathBuf, token: String) {
+    *STORE.write().unwrap_or_else(|p| p.into_inner()) = Some(Store { dir, token });
+}
+
+/// Whether `path` is in this process's own store directory (so on this node).
+pub(crate) fn in_own_store(path: &str) -> bool {
+    match REMOTE.get() {
+        Some(r) => Path::new(path).starts_with(&r.shm_dir),
+        None => store().is_some_and(|s| Path::new(path).starts_with(&s.dir)),
+    }
+}
+
+/// An object file that stays on the node that made it: `@HOST:PORT/abs/path` names the node
+/// agent that serves `path`.
+pub(crate) fn remote_path(addr: &str, path: &str) -> String {
+    format!("@{addr}{path}")
+}
+
+/// `(agent address, path there)` of a [`remote_path`].
+pub(crate) fn split_remote(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix('@')?;
+    let slash = rest.find('/')?;
+    Some((&rest[..slash], &rest[slash..]))
+}
+
 /// Where a worker on another node than its driver fetches object files that are not on its node.
 struct RemoteSource {
     addr: String,
@@ -174,14 +215,30 @@ pub(crate) fn set_remote_source(addr: String, token: String, shm_dir: PathBuf) {
     let _ = REMOTE.set(RemoteSource { addr, token, shm_dir });
 }
 
-/// For a worker on another node: a local copy of object file `path` when it lives on the
-/// driver's node (the caller maps it, then deletes it). `None` when the file is local.
+/// A local copy of object file `path` when it lives on another node (the caller maps it, then
+/// deletes it): a [`remote_path`] not in this process's own store is pulled from the agent it
+/// names; on a worker on another node than its driver, a plain path is on the driver's node
+/// and is pulled from there. `None` when the file is local.
 pub(crate) fn localize(id: ObjectId, path: &str) -> io::Result<Option<PathBuf>> {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if let Some((addr, _)) = split_remote(path) {
+        let (dir, token) = match (REMOTE.get(), store()) {
+            (Some(r), _) => (r.shm_dir.clone(), r.token.clone()),
+            (None, Some(s)) => (s.dir, s.token),
+            (None, None) => {
+                return Err(io::Error::other(format!("{path} is on another node and this process has no cluster token")))
+            }
+        };
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dest = dir.join(format!("pulled-{:x}.{}-{}-{n}", id.task.0, id.index, std::process::id()));
+        let (_, there) = split_remote(path).expect("checked above");
+        pull(addr, &token, there, false, &dest).map_err(io::Error::other)?;
+        return Ok(Some(dest));
+    }
     let Some(r) = REMOTE.get() else { return Ok(None) };
     if Path::new(path).starts_with(&r.shm_dir) {
         return Ok(None);
     }
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dest = r.shm_dir.join(format!("pulled-{:x}.{}-{}-{n}", id.task.0, id.index, std::process::id()));
     pull(&r.addr, &r.token, path, false, &dest).map_err(io::Error::other)?;

@@ -417,6 +417,10 @@ enum Endpoint {
 fn connect(endpoint: &Endpoint, wid: WorkerId, shm: &std::path::Path) -> std::io::Result<(Conn, Receiver)> {
     match endpoint {
         Endpoint::Unix(socket) => {
+            if let Ok(token) = std::env::var(env::TOKEN) {
+                // A driver in a cluster: objects on other nodes are pulled from their agents.
+                crate::transfer::set_store(shm.to_path_buf(), token);
+            }
             let stream = UnixStream::connect(socket)?;
             let conn = Conn::new(stream.try_clone()?);
             conn.send(&ToNode::Register { worker_id: wid, pid: std::process::id() })?;

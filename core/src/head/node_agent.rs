@@ -576,6 +576,14 @@ impl AgentService {
                         let _ = conn.send(&FromAgent::Exited { wid, reason: format!("could not start a worker: {e}") });
                     }
                 }
+                Ok(Some(ToAgent::Free { path })) => {
+                    // Only this driver's own object files here.
+                    let inside =
+                        std::fs::canonicalize(&path).is_ok_and(|p| std::fs::canonicalize(&shm).is_ok_and(|d| p.starts_with(d)));
+                    if inside {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
                 Ok(Some(ToAgent::Kill { wid })) => {
                     if let Some(pid) = children.lock().unwrap_or_else(|p| p.into_inner()).get(&wid) {
                         // Safety: plain syscall on our own child.

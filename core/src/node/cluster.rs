@@ -7,8 +7,11 @@
 //! the driver's executable (by content hash, cached on the agent) and starts and kills workers
 //! for it. Those workers connect back to the driver's TCP port ([`Hello::Worker`]) and speak the
 //! same protocol as local ones. Object files move by pull ([`crate::transfer`]): a worker pulls
-//! its arguments from the driver's node, and the driver pulls a remote worker's large results
-//! before it records them, so every object the driver owns is in its own store.
+//! the driver's objects from the driver's node; a remote worker's large result stays on its
+//! node (the driver records it as `@AGENT/path`, counts it against that node's share of its
+//! store capacity, and has the agent delete it when it is freed; over the share it is pulled
+//! here instead), so a task on another node pulls it straight from that node's agent, the
+//! driver pulls a copy only to read it, and a node's death loses it (rebuilt from lineage).
 //!
 //! A node whose agent connection breaks, or that the head declares dead, is dropped: its
 //! workers are handled as dead workers (tasks retried elsewhere, actors restarted elsewhere).
@@ -51,6 +54,8 @@ pub(crate) struct RemoteNode {
     pub asking: Option<(u64, Allocation)>,
     /// What other drivers hold on the node, as its agent last said.
     pub others: Allocation,
+    /// Bytes of this driver's objects that stay in the node's store.
+    pub object_bytes: u64,
 }
 
 /// Part of a node that its agent granted this driver: work on that node runs under one.
@@ -344,6 +349,8 @@ impl Node {
         let listener = TcpListener::bind((node_ip, 0))
             .map_err(|e| crate::Error::io(format!("listening on {node_ip} for remote workers"), e))?;
         let port = listener.local_addr().map_err(|e| crate::Error::io("reading the listener's address", e))?.port();
+        // Objects stay on the nodes that make them; this driver pulls copies to read them.
+        crate::transfer::set_store(self.session.shm_dir.clone(), token.clone());
         let ctx = ClusterCtx { head, token, worker_addr: format!("{node_ip}:{port}"), claims: Mutex::default() };
         if self.cluster.set(ctx).is_err() {
             return Err(crate::Error::Config("this driver already joined a cluster".into()));
@@ -535,7 +542,15 @@ impl Node {
         self.with_state(|st, _| {
             st.remote.insert(
                 id,
-                RemoteNode { link: link.clone(), pool, labels, grants: Vec::new(), asking: None, others: Allocation::default() },
+                RemoteNode {
+                    link: link.clone(),
+                    pool,
+                    labels,
+                    grants: Vec::new(),
+                    asking: None,
+                    others: Allocation::default(),
+                    object_bytes: 0,
+                },
             );
             st.dirty = true;
         });
@@ -548,9 +563,19 @@ impl Node {
         Ok(())
     }
 
-    /// Pulls a large result a remote worker wrote on its node into this node's store.
+    /// A large result a remote worker wrote on its node: it stays there (a
+    /// [`remote_path`](crate::transfer::remote_path) that consumers pull from the node's agent)
+    /// while this driver's objects on that node fit in its store's capacity; beyond that it is
+    /// pulled into this node's store, where it can spill.
     fn fetch_result(&self, link: &AgentLink, p: Payload) -> Result<Payload, TaskError> {
         let Payload::File { id, path, size } = p else { return Ok(p) };
+        let stays = {
+            let st = self.lock();
+            st.remote.get(&link.node).is_some_and(|r| r.object_bytes + size <= st.cfg.store_capacity)
+        };
+        if stays {
+            return Ok(Payload::File { id, path: crate::transfer::remote_path(&link.address, &path), size });
+        }
         let dest = crate::store::object_file(&self.session.shm_dir, id);
         crate::transfer::pull(&link.address, &link.token, &path, true, &dest)
             .map_err(|e| TaskError::new(ErrorKind::ObjectLost, format!("fetching object {id} from node {}: {e}", link.name)))?;

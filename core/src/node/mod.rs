@@ -53,6 +53,8 @@ pub(crate) enum Effect {
     KillRemote(Arc<cluster::AgentLink>, WorkerId),
     /// A message to a node agent (grants).
     Agent(Arc<cluster::AgentLink>, crate::protocol::ToAgent),
+    /// An object file on another node is no longer needed: its agent deletes it.
+    FreeRemote(String, String),
     /// A named actor died: its name in the head's directory is free (namespace, name).
     Unclaim(String, String),
 }
@@ -191,6 +193,12 @@ impl Node {
                 Effect::KillRemote(link, wid) => link.kill(wid),
                 Effect::Agent(link, msg) => link.send(&msg),
                 Effect::Unclaim(ns, name) => self.unclaim_actor_name(&ns, &name),
+                Effect::FreeRemote(addr, path) => {
+                    let link = self.lock().remote.values().find(|r| r.link.address == addr).map(|r| r.link.clone());
+                    if let Some(link) = link {
+                        link.send(&crate::protocol::ToAgent::Free { path });
+                    }
+                }
             }
         }
     }

@@ -54,7 +54,7 @@ impl NodeState {
         }
         let Some(o) = self.objects.get_mut(&id) else {
             // Freed while pending: the value is not wanted.
-            remove_file(&data);
+            self.discard(&data, fx);
             for k in contained {
                 self.release_contained(k, fx);
             }
@@ -62,19 +62,30 @@ impl NodeState {
         };
         if !matches!(o.state, ObjState::Pending) {
             // A duplicate completion (a retried task whose first run finished after all).
-            remove_file_if_other(&o.state, &data);
+            if !matches!((&o.state, &data), (ObjState::Ready(StoredData::File { path: a, .. }), StoredData::File { path: b, .. }) if a == b)
+            {
+                self.discard(&data, fx);
+            }
             for k in contained {
                 self.release_contained(k, fx);
             }
             return;
         }
         o.contains = contained;
-        if let StoredData::File { size, .. } = &data {
-            self.seq += 1;
-            o.resident_seq = Some(self.seq);
-            self.resident.insert(self.seq, id);
-            self.store_used += size;
+        if let StoredData::File { path, size, .. } = &data {
+            if let Some((addr, _)) = crate::transfer::split_remote(path) {
+                // It stays on the node that made it: that node's share, not this store's.
+                if let Some(r) = self.remote.values_mut().find(|r| r.link.address == addr) {
+                    r.object_bytes += size;
+                }
+            } else {
+                self.seq += 1;
+                o.resident_seq = Some(self.seq);
+                self.resident.insert(self.seq, id);
+                self.store_used += size;
+            }
         }
+        let Some(o) = self.objects.get_mut(&id) else { return };
         for w in o.waiters.drain(..) {
             fx.push(Effect::Complete(w, Ok(data.clone())));
         }
@@ -208,7 +219,7 @@ impl NodeState {
                         StoredData::File { path, size, .. } if o.resident_seq.is_some() => {
                             self.recycle(path, *size, id.task.issuer())
                         }
-                        _ => remove_file(d),
+                        _ => self.discard(d, fx),
                     }
                 }
                 for k in o.contains {
@@ -290,17 +301,24 @@ impl NodeState {
     }
 }
 
+impl NodeState {
+    /// Deletes a value's file: here, or through the agent of the node it is on.
+    fn discard(&mut self, d: &StoredData, fx: &mut Vec<Effect>) {
+        if let StoredData::File { path, size, .. } = d {
+            if let Some((addr, there)) = crate::transfer::split_remote(path) {
+                if let Some(r) = self.remote.values_mut().find(|r| r.link.address == addr) {
+                    r.object_bytes = r.object_bytes.saturating_sub(*size);
+                }
+                fx.push(Effect::FreeRemote(addr.to_string(), there.to_string()));
+                return;
+            }
+        }
+        remove_file(d);
+    }
+}
+
 fn remove_file(d: &StoredData) {
     if let StoredData::File { path, .. } = d {
         let _ = std::fs::remove_file(&**path);
     }
-}
-
-fn remove_file_if_other(current: &ObjState, new: &StoredData) {
-    if let (ObjState::Ready(StoredData::File { path: a, .. }), StoredData::File { path: b, .. }) = (current, new) {
-        if a == b {
-            return;
-        }
-    }
-    remove_file(new);
 }

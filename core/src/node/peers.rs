@@ -246,6 +246,18 @@ impl Node {
     }
 }
 
+/// The bytes of an object file, pulled first when it is on another node.
+fn read_file_anywhere(id: ObjectId, path: &str) -> std::io::Result<Vec<u8>> {
+    match crate::transfer::localize(id, path)? {
+        Some(copy) => {
+            let bytes = std::fs::read(&copy);
+            let _ = std::fs::remove_file(&copy);
+            bytes
+        }
+        None => std::fs::read(path),
+    }
+}
+
 /// Serves another driver's calls on this driver's named actor `actor_id` over `s`, speaking
 /// the worker protocol from the worker's side, until the connection closes.
 pub(crate) fn serve_actor_peer(node: Arc<Node>, mut s: TcpStream, actor_id: ActorId, pull_addr: String) {
@@ -284,7 +296,9 @@ pub(crate) fn serve_actor_peer(node: Arc<Node>, mut s: TcpStream, actor_id: Acto
                         Payload::File { path, size, .. } => {
                             let id = ObjectId::for_return(rt.ids.next_task(), 0);
                             let dest = crate::store::object_file(&node.session.shm_dir, id);
-                            match crate::transfer::pull(&pull_addr, &ctx.token, &path, false, &dest) {
+                            // On the caller's node, or on a node of its that made it.
+                            let (from, there) = crate::transfer::split_remote(&path).unwrap_or((&pull_addr, &path));
+                            match crate::transfer::pull(from, &ctx.token, there, false, &dest) {
                                 Ok(_) => {
                                     node.put(
                                         WorkerId::DRIVER,
@@ -324,7 +338,7 @@ pub(crate) fn serve_actor_peer(node: Arc<Node>, mut s: TcpStream, actor_id: Acto
                                 ErrorKind::System,
                                 format!("the result ({size} bytes at {path}) is over the {MAX_PEER_RESULT} bytes a call from another driver takes back"),
                             )),
-                            Payload::File { path, .. } => std::fs::read(&path)
+                            Payload::File { id, path, .. } => read_file_anywhere(id, &path)
                                 .map(|v| (Payload::Inline(v), Vec::new()))
                                 .map_err(|e| TaskError::new(ErrorKind::ObjectLost, format!("reading the result {path}: {e}"))),
                             p => Ok((p, Vec::new())),

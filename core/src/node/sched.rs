@@ -452,9 +452,16 @@ impl NodeState {
         true
     }
 
-    /// Whether a stored object's file is missing (deleted behind the store's back).
+    /// Whether a stored object's file is missing (deleted behind the store's back), or is on a
+    /// node that is gone.
     pub(crate) fn is_lost(&self, id: ObjectId) -> bool {
-        matches!(self.objects.get(&id).map(|o| &o.state), Some(ObjState::Ready(StoredData::File { path, .. })) if !std::path::Path::new(&**path).exists())
+        let Some(ObjState::Ready(StoredData::File { path, .. })) = self.objects.get(&id).map(|o| &o.state) else {
+            return false;
+        };
+        match crate::transfer::split_remote(path) {
+            Some((addr, _)) => !self.remote.values().any(|r| r.link.address == addr),
+            None => !std::path::Path::new(&**path).exists(),
+        }
     }
 
     /// Counts a submission's use of its argument objects and of the references inside its values;

@@ -285,6 +285,10 @@ fn spawn_process(node: &Arc<Node>, req: SpawnRequest) {
     if !req.gpu_key.is_empty() {
         cmd.env("CUDA_VISIBLE_DEVICES", cuda_visible_devices(&req.gpu_key));
     }
+    if let Some(ctx) = node.cluster.get() {
+        // To pull the objects that stay on other nodes.
+        cmd.env(crate::node::workers_env::TOKEN, &ctx.token);
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
