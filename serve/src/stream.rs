@@ -18,6 +18,9 @@ const BUFFERED_CHUNKS: usize = 64;
 const MAX_BATCH_BYTES: usize = 1 << 20;
 
 static STREAMS: LazyLock<Mutex<HashMap<u64, Receiver<Vec<u8>>>>> = LazyLock::new(Default::default);
+/// Streams cancelled while a `next` had taken them out of `STREAMS` (it drops them instead of
+/// putting them back). Guarded by `STREAMS`'s lock: taken only while holding it.
+static CANCELLED: LazyLock<Mutex<std::collections::HashSet<u64>>> = LazyLock::new(Default::default);
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Where a streaming handler writes its body.
@@ -113,13 +116,61 @@ pub(crate) fn next(id: u64, wait: Duration) -> Result<StreamChunk, String> {
             Err(TryRecvError::Disconnected) => out.done = true,
         }
     }
-    if !out.done {
-        STREAMS.lock().unwrap_or_else(|p| p.into_inner()).insert(id, rx);
+    let mut streams = STREAMS.lock().unwrap_or_else(|p| p.into_inner());
+    // A cancel that came while this call waited wins: the stream goes.
+    let cancelled = CANCELLED.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    if !out.done && !cancelled {
+        streams.insert(id, rx);
     }
     Ok(out)
 }
 
-/// Drops a stream (its producer's next send returns false).
+/// Drops a stream (its producer's next send returns false), also when a `next` call has it
+/// out of the table right now (a client that leaves mid-call).
 pub(crate) fn cancel(id: u64) {
-    STREAMS.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    let mut streams = STREAMS.lock().unwrap_or_else(|p| p.into_inner());
+    if streams.remove(&id).is_none() {
+        let mut c = CANCELLED.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded: ids of streams that ended on their own are not kept forever.
+        if c.len() >= 4096 {
+            c.clear();
+        }
+        c.insert(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_cancel_while_a_next_waits_stops_the_producer() {
+        let stopped = Arc::new(AtomicBool::new(false));
+        let s = stopped.clone();
+        let id = start(
+            false,
+            Box::new(move |sink| {
+                std::thread::sleep(Duration::from_millis(200));
+                while sink.send(b"x") {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                s.store(true, Ordering::SeqCst);
+            }),
+        );
+        // `next` takes the stream out of the table while it waits for the first chunk...
+        let waiting = std::thread::spawn(move || next(id, Duration::from_secs(2)));
+        std::thread::sleep(Duration::from_millis(50));
+        // ...and the client goes meanwhile.
+        cancel(id);
+        let got = waiting.join().unwrap().unwrap();
+        assert!(!got.chunks.is_empty());
+        let t0 = std::time::Instant::now();
+        while !stopped.load(Ordering::SeqCst) {
+            assert!(t0.elapsed() < Duration::from_secs(5), "the producer of a cancelled stream kept running");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(next(id, Duration::from_millis(10)).is_err(), "the cancelled stream is gone");
+    }
 }
