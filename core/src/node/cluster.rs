@@ -155,6 +155,24 @@ impl NodeState {
         }
     }
 
+    /// Takes `req` from node `n`: from its view, and on another node under a grant of its agent
+    /// ([`lease`](Self::lease)). `None`: not free, or the work waits for the agent's answer.
+    pub(crate) fn take_on(&mut self, n: NodeId, req: &ResourceSet, fx: &mut Vec<Effect>) -> Option<Allocation> {
+        let mut a = self.pool_mut(n)?.try_allocate(req)?;
+        if self.lease(n, &mut a, fx) {
+            return Some(a);
+        }
+        if let Some(p) = self.pool_mut(n) {
+            p.release(&a);
+        }
+        None
+    }
+
+    /// The remote node whose agent serves at `address`.
+    pub(crate) fn remote_at(&mut self, address: &str) -> Option<&mut RemoteNode> {
+        self.remote.values_mut().find(|r| r.link.address == address)
+    }
+
     /// Covers `alloc`, just taken from node `n`'s view, by a grant of its agent: an idle grant
     /// of the same shape if this driver holds one; else one is asked for (one question per node
     /// at a time) and the work waits for the answer. True when the work may use `alloc` now.
@@ -192,8 +210,11 @@ impl NodeState {
                 r.grants[i].idle_since = Instant::now();
             }
         }
-        let others = r.others.clone();
-        r.pool.set_external(&others);
+        // The others' share is taken again as far as it is free now (only when it fell short).
+        if !r.pool.external().same_as(&r.others) {
+            let others = r.others.clone();
+            r.pool.set_external(&others);
+        }
     }
 
     /// The work under grant `lease` on node `n` blocks (`lend`) or runs again.
@@ -235,11 +256,7 @@ impl NodeState {
         };
         match denied {
             None => r.grants.push(Grant { id: lease, alloc: asked, busy: false, lent: false, idle_since: Instant::now() }),
-            Some(others) => {
-                r.others = others;
-                let others = r.others.clone();
-                r.pool.set_external(&others);
-            }
+            Some(others) => self.agent_usage(n, others),
         }
         self.dirty = true;
     }
@@ -302,17 +319,10 @@ impl NodeState {
                 self.lost_bundles.push((pg, i));
                 continue;
             };
-            let Some(mut a) = self.pool_mut(target).and_then(|p| p.try_allocate(&req)) else {
+            let Some(a) = self.take_on(target, &req, fx) else {
                 self.lost_bundles.push((pg, i));
                 continue;
             };
-            if !self.lease(target, &mut a, fx) {
-                if let Some(p) = self.pool_mut(target) {
-                    p.release(&a);
-                }
-                self.lost_bundles.push((pg, i));
-                continue;
-            }
             if let Some(super::state::PgEntry { state: super::state::PgState::Created(b), .. }) = self.pgs.get_mut(&pg) {
                 b[i] = (ResourcePool::from_allocation(&a), a, target);
                 tracing::info!(pg = %pg, bundle = i, node = %target, "bundle moved off a dead node");

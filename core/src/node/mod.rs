@@ -194,7 +194,7 @@ impl Node {
                 Effect::Agent(link, msg) => link.send(&msg),
                 Effect::Unclaim(ns, name) => self.unclaim_actor_name(&ns, &name),
                 Effect::FreeRemote(addr, path) => {
-                    let link = self.lock().remote.values().find(|r| r.link.address == addr).map(|r| r.link.clone());
+                    let link = self.lock().remote_at(&addr).map(|r| r.link.clone());
                     if let Some(link) = link {
                         link.send(&crate::protocol::ToAgent::Free { path });
                     }

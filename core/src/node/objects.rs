@@ -75,7 +75,7 @@ impl NodeState {
         if let StoredData::File { path, size, .. } = &data {
             if let Some((addr, _)) = crate::transfer::split_remote(path) {
                 // It stays on the node that made it: that node's share, not this store's.
-                if let Some(r) = self.remote.values_mut().find(|r| r.link.address == addr) {
+                if let Some(r) = self.remote_at(addr) {
                     r.object_bytes += size;
                 }
             } else {
@@ -306,7 +306,7 @@ impl NodeState {
     fn discard(&mut self, d: &StoredData, fx: &mut Vec<Effect>) {
         if let StoredData::File { path, size, .. } = d {
             if let Some((addr, there)) = crate::transfer::split_remote(path) {
-                if let Some(r) = self.remote.values_mut().find(|r| r.link.address == addr) {
+                if let Some(r) = self.remote_at(addr) {
                     r.object_bytes = r.object_bytes.saturating_sub(*size);
                 }
                 fx.push(Effect::FreeRemote(addr.to_string(), there.to_string()));

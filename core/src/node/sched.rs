@@ -108,18 +108,8 @@ impl NodeState {
             _ => HybridPolicy::default().schedule(req, &view, LOCAL),
         };
         match result {
-            SchedulingResult::Scheduled(n) => match self.pool_mut(n).and_then(|p| p.try_allocate(req)) {
-                // On another node, the work waits for its agent's grant unless one is at hand.
-                Some(mut a) => {
-                    if self.lease(n, &mut a, fx) {
-                        Decision::Alloc(a, AllocFrom::Node(n))
-                    } else {
-                        if let Some(p) = self.pool_mut(n) {
-                            p.release(&a);
-                        }
-                        Decision::Wait
-                    }
-                }
+            SchedulingResult::Scheduled(n) => match self.take_on(n, req, fx) {
+                Some(a) => Decision::Alloc(a, AllocFrom::Node(n)),
                 None => Decision::Wait,
             },
             SchedulingResult::Queued => Decision::Wait,
@@ -173,21 +163,6 @@ impl NodeState {
     }
 
     pub(crate) fn release_alloc(&mut self, alloc: Allocation, from: AllocFrom, cpu_lent: bool, fx: &mut Vec<Effect>) {
-        if let AllocFrom::Node(n) = from {
-            if n != LOCAL {
-                // The view first, then its grant (which re-applies the others' use to the view).
-                let mut own = alloc.clone();
-                if cpu_lent {
-                    own.resources.set_fixed(CPU, 0);
-                }
-                if let Some(p) = self.pool_mut(n) {
-                    p.release(&own);
-                }
-                self.unlease(n, &alloc, fx);
-                self.dirty = true;
-                return;
-            }
-        }
         let mut alloc = alloc;
         if cpu_lent {
             alloc.resources.set_fixed(CPU, 0);
@@ -198,6 +173,8 @@ impl NodeState {
                 if let Some(p) = self.pool_mut(n) {
                     p.release(&alloc);
                 }
+                // Then its grant, on another node (the grant is found by its id).
+                self.unlease(n, &alloc, fx);
             }
             AllocFrom::Bundle(pg, i) => {
                 if let Some(PgEntry { state: PgState::Created(b), .. }) = self.pgs.get_mut(&pg) {
@@ -670,18 +647,9 @@ impl NodeState {
                     let bundles = pg.spec.bundles.clone();
                     let mut made = Vec::with_capacity(bundles.len());
                     for (b, n) in bundles.iter().zip(nodes) {
-                        match self.pool_mut(n).and_then(|p| p.try_allocate(b)) {
-                            Some(mut a) => {
-                                if self.lease(n, &mut a, fx) {
-                                    made.push((ResourcePool::from_allocation(&a), a, n));
-                                } else {
-                                    // Its node's agent is asked for it: the group waits for the answer.
-                                    if let Some(p) = self.pool_mut(n) {
-                                        p.release(&a);
-                                    }
-                                    break;
-                                }
-                            }
+                        // None: not free, or its node's agent is asked for it (the group waits).
+                        match self.take_on(n, b, fx) {
+                            Some(a) => made.push((ResourcePool::from_allocation(&a), a, n)),
                             None => break,
                         }
                     }
