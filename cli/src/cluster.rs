@@ -596,7 +596,33 @@ pub fn list(c: &HeadClient, kind: &str, json: bool) -> anyhow::Result<()> {
 /// A driver's published state older than this is from a driver that died without cleaning up.
 const STALE_MS: u64 = 15_000;
 
-/// `flare list actors|tasks|placement-groups`: what every live driver of the cluster published.
+/// The named groups in the head's table that no live driver lists: detached groups whose
+/// creator is gone.
+fn unlisted_groups(c: &HeadClient, listed: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    let prefix = flare::head::PG_PREFIX;
+    let Ok(keys) = c.get(&format!("/api/kv?prefix={prefix}")).and_then(|r| r.ok_json()) else { return Vec::new() };
+    let mut rows = Vec::new();
+    for k in keys["keys"].as_array().into_iter().flatten().filter_map(|k| k.as_str()) {
+        let Ok(rec) = c.get(&format!("/api/kv/{k}")).and_then(|r| r.ok_json()) else { continue };
+        if listed.iter().any(|r| r["name"] == rec["name"]) {
+            continue;
+        }
+        rows.push(serde_json::json!({
+            "id": null,
+            "name": rec["name"],
+            "state": rec["state"],
+            "strategy": rec["strategy"],
+            "bundles": rec["bundles"],
+            "detached": rec["detached"],
+            "driver_pid": rec["driver_pid"],
+            "creator": "gone",
+        }));
+    }
+    rows
+}
+
+/// `flare list actors|tasks|placement-groups`: what every live driver of the cluster
+/// published, and the detached placement groups that outlived their drivers.
 fn list_driver_state(c: &HeadClient, kind: &str, json: bool) -> anyhow::Result<()> {
     let prefix = flare::head::STATE_PREFIX;
     let keys = c.get(&format!("/api/kv?prefix={prefix}")).map_err(anyhow::Error::msg)?.ok_json().map_err(anyhow::Error::msg)?;
@@ -621,6 +647,9 @@ fn list_driver_state(c: &HeadClient, kind: &str, json: bool) -> anyhow::Result<(
             }
             rows.push(item);
         }
+    }
+    if field == "placement_groups" {
+        rows.extend(unlisted_groups(c, &rows));
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

@@ -628,6 +628,157 @@ fn a_named_actor_is_called_from_another_driver() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Waits (at most 2 minutes) until `path` exists.
+fn wait_for_file(path: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !path.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The creator in `a_placement_group_is_shared_between_drivers`, run as a child process of
+/// this test binary (it does nothing without `FLARE_TEST_PG_OWNER`): makes the named groups
+/// `shared` (a GPU bundle and a CPU bundle, STRICT_SPREAD), `short` and the detached `kept`,
+/// holds bundle 1's CPU with an actor until the `free` file appears, and at `stop` writes
+/// what became of `shared` to its `saw` file.
+#[test]
+fn other_driver_owning_a_placement_group() {
+    let Ok(spec) = std::env::var("FLARE_TEST_PG_OWNER") else { return };
+    let v: serde_json::Value = serde_json::from_str(&spec).unwrap();
+    let (address, token) = (v["address"].as_str().unwrap(), v["token"].as_str().unwrap());
+    let dir = std::path::PathBuf::from(v["dir"].as_str().unwrap());
+    flare::init_with(Config::new().address(address).token(token).log_to_driver(false)).unwrap();
+    let bundles = [Bundle::cpus(1.0).with_gpus(1.0), Bundle::cpus(1.0)];
+    let shared = flare::placement_group_named(&bundles, PlacementStrategy::StrictSpread, Some("shared")).unwrap();
+    let short = flare::placement_group_named(&[Bundle::cpus(0.5)], PlacementStrategy::Pack, Some("short")).unwrap();
+    let opts = flare::PlacementGroupOptions::named("kept").detached();
+    let kept = flare::placement_group_with(&[Bundle::cpus(0.5)], PlacementStrategy::Pack, &opts).unwrap();
+    for pg in [&shared, &short, &kept] {
+        assert!(pg.wait(Duration::from_secs(30)).unwrap());
+    }
+    let holder = Where::remote().num_cpus(1.0).scheduling_strategy(shared.bundle(Some(1))).spawn().unwrap();
+    let at = holder.node().get_timeout(Duration::from_secs(60)).unwrap();
+    std::fs::write(v["ready"].as_str().unwrap(), format!("{} {at}", std::process::id())).unwrap();
+    wait_for_file(&dir.join("free"));
+    flare::kill(&holder).unwrap();
+    wait_for_file(&dir.join("stop"));
+    let saw = match shared.ready() {
+        Ok(()) => "still there".to_string(),
+        Err(e) => e.to_string(),
+    };
+    std::fs::write(dir.join("saw"), saw).unwrap();
+    flare::shutdown();
+}
+
+#[test]
+fn a_placement_group_is_shared_between_drivers() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = TestCluster::start(flare_bin(), 0.0).unwrap();
+    c.add_node("n1", 2.0, 1.0, &[]).unwrap();
+    c.add_node("n2", 2.0, 0.0, &[]).unwrap();
+    c.add_node("n3", 2.0, 0.0, &[]).unwrap();
+    let dir = std::env::temp_dir().join(format!("flare-pg-owner-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ready = dir.join("ready");
+    let spec = serde_json::json!({"address": c.address, "token": c.token, "ready": ready, "dir": dir});
+    let mut owner = other_driver("other_driver_owning_a_placement_group", "FLARE_TEST_PG_OWNER", &spec);
+    let said = std::fs::read_to_string(&ready).unwrap();
+    let (owner_pid, bundle1_node) = said.split_once(' ').unwrap();
+    assert_ne!(bundle1_node, "n1", "STRICT_SPREAD puts the CPU bundle on another node than the GPU one");
+    join(&c);
+
+    // Found by name through the head's table; the name is taken cluster-wide.
+    let pg = flare::get_placement_group("shared").unwrap();
+    assert_eq!(pg.bundle_count(), 2);
+    assert!(pg.wait(Duration::from_secs(10)).unwrap());
+    let e = flare::placement_group_named(&[Bundle::cpus(0.1)], PlacementStrategy::Pack, Some("shared")).unwrap_err();
+    assert!(e.to_string().contains("exists already") && e.to_string().contains(owner_pid), "{e}");
+    // This driver's actor takes bundle 0's GPU (on n1, the node the creator placed it on).
+    let h = GpuHolder::remote().num_cpus(1.0).num_gpus(1.0).scheduling_strategy(pg.bundle(Some(0))).spawn().unwrap();
+    assert_eq!(h.devices().get_timeout(Duration::from_secs(60)).unwrap(), "0@n1");
+    // Bundle 1's CPU is the creator's actor's: a task there waits. The GPU is the group's:
+    // work outside it does not get it.
+    let in_b1 = where_am_i::options().num_cpus(1.0).scheduling_strategy(pg.bundle(Some(1))).remote(0);
+    let gpu = where_am_i::options().num_cpus(0.0).num_gpus(1.0).remote(0);
+    assert!(in_b1.get_timeout(Duration::from_secs(2)).is_err(), "a bundle's CPU was handed out twice");
+    assert!(gpu.get_timeout(Duration::from_millis(500)).is_err(), "work outside the group took its GPU");
+    // The creator's actor goes: the task in bundle 1 runs, on its node.
+    std::fs::write(dir.join("free"), "").unwrap();
+    assert_eq!(in_b1.get_timeout(Duration::from_secs(30)).unwrap(), bundle1_node);
+    // The node under bundle 1 dies: its creator places the bundle again, on the one node
+    // left that holds no bundle of the group, and this driver follows (the head's table).
+    c.kill_node(bundle1_node).unwrap();
+    let third = if bundle1_node == "n2" { "n3" } else { "n2" };
+    let moved = where_am_i::options().num_cpus(1.0).scheduling_strategy(pg.bundle(Some(1))).remote(0);
+    assert_eq!(moved.get_timeout(Duration::from_secs(60)).unwrap(), third);
+    // Removed from here: the work in it dies, its GPU is free for other work, and the creator
+    // sees it removed.
+    flare::remove_placement_group(&pg).unwrap();
+    let e = h.devices().get_timeout(Duration::from_secs(30)).unwrap_err();
+    assert!(e.to_string().contains("removed"), "{e}");
+    assert_eq!(gpu.get_timeout(Duration::from_secs(30)).unwrap(), "n1");
+    std::fs::write(dir.join("stop"), "").unwrap();
+    assert!(owner.0.wait().unwrap().success());
+    let saw = std::fs::read_to_string(dir.join("saw")).unwrap();
+    assert!(saw.contains("removed"), "the creator did not see its group removed: {saw}");
+
+    // Its creator ended: `short` went with it, the detached `kept` did not.
+    let e = flare::get_placement_group("short").unwrap_err();
+    assert!(e.to_string().contains("no placement group named `short`"), "{e}");
+    let kept = flare::get_placement_group("kept").unwrap();
+    assert!(kept.wait(Duration::from_secs(10)).unwrap());
+    // `flare list placement-groups` shows it from the head's table (no live driver lists it).
+    let out = std::process::Command::new(flare_bin())
+        .args(["list", "placement-groups", "--json", "--address", &c.address])
+        .env("FLARE_TOKEN", &c.token)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = rows.as_array().unwrap().iter().find(|r| r["name"] == "kept").cloned();
+    assert!(row.as_ref().is_some_and(|r| r["detached"] == true && r["creator"] == "gone"), "{rows}");
+    let there = where_am_i::options().num_cpus(0.5).scheduling_strategy(kept.bundle(None)).remote(0);
+    assert!(there.get_timeout(Duration::from_secs(30)).unwrap().starts_with('n'));
+    flare::remove_placement_group(&kept).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys = c.client().get("/api/kv?prefix=__flare_pgs/").unwrap().ok_json().unwrap();
+        if keys["keys"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the head still lists groups: {keys}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A creator that is SIGKILLed: its agents' sessions end and take its groups' bundles
+    // back; its entries are stale, so the name is not found and can be taken.
+    for f in ["ready", "free", "stop", "saw"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    let mut killed = other_driver("other_driver_owning_a_placement_group", "FLARE_TEST_PG_OWNER", &spec);
+    unsafe { libc::kill(killed.0.id() as i32, libc::SIGKILL) };
+    let _ = killed.0.wait();
+    let e = flare::get_placement_group("shared").unwrap_err();
+    assert!(e.to_string().contains("is gone"), "{e}");
+    let mine =
+        flare::placement_group_named(&[Bundle::cpus(1.0).with_gpus(1.0)], PlacementStrategy::Pack, Some("shared")).unwrap();
+    assert!(mine.wait(Duration::from_secs(30)).unwrap(), "the killed driver's bundles were not given back");
+    flare::remove_placement_group(&mine).unwrap();
+    flare::remove_placement_group(&flare::get_placement_group("kept").unwrap()).unwrap();
+    // Every bundle went back: the whole cluster is free again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let avail = flare::cluster_resources().unwrap().available;
+        if avail.get("CPU") == 4.0 && avail.get("GPU") == 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bundles were not given back: {avail}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    flare::shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Polls a job until its status is one of `want`.
 fn wait_job(hc: &flare::head::client::HeadClient, id: &str, want: &[&str], within: Duration) -> serde_json::Value {
     let deadline = Instant::now() + within;

@@ -34,7 +34,10 @@ pub use buffer::Buffer;
 pub use config::Config;
 pub use error::{Error, ErrorKind, Result, TaskError};
 pub use object_ref::{cancel, get, get_all, get_timeout, put, wait, GetFuture, IntoArg, ObjectRef};
-pub use placement::{placement_group, placement_group_named, remove_placement_group, Bundle, PlacementGroup};
+pub use placement::{
+    get_placement_group, placement_group, placement_group_named, placement_group_with, remove_placement_group, Bundle,
+    PlacementGroup, PlacementGroupOptions,
+};
 pub use promise::Promise;
 pub use runtime::StateQuery;
 pub use scheduler::{PlacementStrategy, SchedulingStrategy};

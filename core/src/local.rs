@@ -208,6 +208,13 @@ impl Core for LocalCore {
         Promise::ready(Ok(()))
     }
 
+    fn get_placement_group(&self, name: &str) -> Result<(PlacementGroupId, usize), TaskError> {
+        Err(TaskError::new(
+            ErrorKind::NotFound,
+            format!("no placement group named `{name}`: local mode does not keep placement groups"),
+        ))
+    }
+
     fn state(&self, query: StateQuery) -> Result<StateSnapshot, TaskError> {
         let st = self.lock();
         let mut s = StateSnapshot::default();

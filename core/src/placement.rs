@@ -83,17 +83,62 @@ pub fn placement_group(bundles: &[Bundle], strategy: PlacementStrategy) -> Resul
     placement_group_named(bundles, strategy, None)
 }
 
-/// Like [`placement_group`], with a name shown by the state API.
+/// Like [`placement_group`], with a name shown by the state API (and, in a cluster, that
+/// other drivers find it by: [`get_placement_group`]).
 pub fn placement_group_named(bundles: &[Bundle], strategy: PlacementStrategy, name: Option<&str>) -> Result<PlacementGroup> {
+    let opts = PlacementGroupOptions { name: name.map(str::to_string), ..Default::default() };
+    placement_group_with(bundles, strategy, &opts)
+}
+
+/// A placement group's name and lifetime (Ray's `name=` and `lifetime=`).
+#[derive(Clone, Debug, Default)]
+pub struct PlacementGroupOptions {
+    /// Unique in the cluster while the group lives; other drivers find the group by it.
+    pub name: Option<String>,
+    /// The group outlives the driver that made it (`lifetime="detached"`) until some driver
+    /// removes it; otherwise it goes when that driver ends.
+    pub detached: bool,
+}
+
+impl PlacementGroupOptions {
+    pub fn named(name: impl Into<String>) -> Self {
+        PlacementGroupOptions { name: Some(name.into()), detached: false }
+    }
+    pub fn detached(mut self) -> Self {
+        self.detached = true;
+        self
+    }
+}
+
+/// Like [`placement_group`], with a name and a lifetime.
+pub fn placement_group_with(
+    bundles: &[Bundle],
+    strategy: PlacementStrategy,
+    opts: &PlacementGroupOptions,
+) -> Result<PlacementGroup> {
     let rt = runtime()?;
+    if let Some(name) = &opts.name {
+        if name.is_empty() || name.len() > 256 {
+            return Err(Error::Config(format!("a placement group's name must be 1 to 256 bytes, got {} bytes", name.len())));
+        }
+    }
     let sets = bundles
         .iter()
         .enumerate()
         .map(|(i, b)| b.to_set().map_err(|m| Error::Config(format!("bundle {i}: {m}"))))
         .collect::<Result<Vec<_>>>()?;
     let id = PlacementGroupId(rt.ids.next_task().0);
-    rt.core.create_placement_group(PlacementGroupSpec { id, bundles: sets, strategy, name: name.map(str::to_string) })?;
+    let spec = PlacementGroupSpec { id, bundles: sets, strategy, name: opts.name.clone(), detached: opts.detached };
+    rt.core.create_placement_group(spec)?;
     Ok(PlacementGroup { id, bundles: bundles.len() })
+}
+
+/// The placement group named `name`: this driver's, or in a cluster any driver's (a detached
+/// one outlives its creator), as Ray's `ray.util.get_placement_group`. Work placed in another
+/// driver's group shares its bundles with that driver's work.
+pub fn get_placement_group(name: &str) -> Result<PlacementGroup> {
+    let (id, bundles) = runtime()?.core.get_placement_group(name)?;
+    Ok(PlacementGroup { id, bundles })
 }
 
 /// Removes a placement group: its bundles are freed, and work placed in them is killed.

@@ -28,6 +28,7 @@ pub enum Request {
     CreatePlacementGroup(PlacementGroupSpec),
     RemovePlacementGroup(PlacementGroupId),
     PlacementGroupReady(PlacementGroupId),
+    GetPlacementGroup { name: String },
     State(StateQuery),
     RecycledFile(u64),
 }
@@ -37,6 +38,7 @@ pub enum Reply {
     Unit(Result<(), TaskError>),
     Object(Result<Payload, TaskError>),
     NamedActor(Result<(ActorId, String), TaskError>),
+    PlacementGroup(Result<(PlacementGroupId, usize), TaskError>),
     State(Box<Result<StateSnapshot, TaskError>>),
     Path(Option<String>),
 }
@@ -164,6 +166,29 @@ pub enum ToAgent {
     Reclaim {
         lease: u64,
     },
+    /// Grant exactly `alloc` out of bundle `index` of placement group `pg` (its cluster-wide
+    /// key) on this node; answered `Granted` or `Denied` (`others`: the other drivers' use of
+    /// the bundle), and `BundleGone` when there is no such bundle.
+    AcquireIn {
+        lease: u64,
+        alloc: crate::resources::Allocation,
+        pg: String,
+        index: u32,
+    },
+    /// The grant `lease` becomes bundle `index` of placement group `pg`: any driver may then
+    /// take from it with `AcquireIn`. It lasts until `RemoveBundles`, or until this driver's
+    /// session ends unless `detached`.
+    MakeBundle {
+        lease: u64,
+        pg: String,
+        index: u32,
+        detached: bool,
+    },
+    /// Every bundle of placement group `pg` on this node goes back to the node (grants taken
+    /// in them stay their holders' until released).
+    RemoveBundles {
+        pg: String,
+    },
 }
 
 /// Node agent to driver.
@@ -213,6 +238,19 @@ pub enum FromAgent {
     /// What other drivers hold on the node now (sent when it changes).
     Usage {
         others: crate::resources::Allocation,
+    },
+    /// What other drivers hold in bundle `index` of placement group `pg` now (sent, when it
+    /// changes, to the drivers that took from the bundle and to its creator).
+    BundleUsage {
+        pg: String,
+        index: u32,
+        others: crate::resources::Allocation,
+    },
+    /// Placement group `pg` has no bundle on this node any more (removed, or its creator's
+    /// session ended and it was not detached).
+    BundleGone {
+        pg: String,
+        why: String,
     },
 }
 

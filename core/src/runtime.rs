@@ -73,6 +73,8 @@ pub(crate) trait Core: Send + Sync {
     fn create_placement_group(&self, spec: PlacementGroupSpec) -> Result<(), TaskError>;
     fn remove_placement_group(&self, id: PlacementGroupId) -> Result<(), TaskError>;
     fn placement_group_ready(&self, id: PlacementGroupId) -> Promise<Result<(), TaskError>>;
+    /// A named placement group (in a cluster, any driver's): its id here and its bundle count.
+    fn get_placement_group(&self, name: &str) -> Result<(PlacementGroupId, usize), TaskError>;
     fn state(&self, query: StateQuery) -> Result<StateSnapshot, TaskError>;
     fn shutdown(&self);
     /// Which of `ids` are resolved now, if this core can tell without a round trip.

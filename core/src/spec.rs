@@ -169,4 +169,7 @@ pub struct PlacementGroupSpec {
     pub bundles: Vec<ResourceSet>,
     pub strategy: PlacementStrategy,
     pub name: Option<String>,
+    /// Outlives the driver that made it (Ray's `lifetime="detached"`), until removed.
+    #[serde(default)]
+    pub detached: bool,
 }

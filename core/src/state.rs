@@ -104,6 +104,12 @@ pub struct PlacementGroupInfo {
     pub bundles: Vec<ResourceSet>,
     /// The GPU ids reserved for each bundle, once created.
     pub bundle_gpu_ids: Vec<Vec<u32>>,
+    /// Another driver's group that this one uses (found by name): which driver made it.
+    #[serde(default)]
+    pub creator: Option<String>,
+    /// Outlives the driver that made it.
+    #[serde(default)]
+    pub detached: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

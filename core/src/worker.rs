@@ -113,6 +113,13 @@ impl Core for WorkerCore {
             other => Err(unexpected(other)),
         })
     }
+    fn get_placement_group(&self, name: &str) -> Result<(PlacementGroupId, usize), TaskError> {
+        self.call(Request::GetPlacementGroup { name: name.to_string() }, |r| match r {
+            Reply::PlacementGroup(r) => r,
+            other => Err(unexpected(other)),
+        })
+        .wait()
+    }
     fn state(&self, query: StateQuery) -> Result<StateSnapshot, TaskError> {
         self.call(Request::State(query), |r| match r {
             Reply::State(r) => *r,

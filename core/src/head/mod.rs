@@ -28,6 +28,9 @@ pub use http::{MAX_PACKAGE, RAY_VERSION};
 /// Where drivers that joined the cluster publish their actors, recent tasks and placement
 /// groups in the KV (one key per driver, rewritten every second, removed at shutdown).
 pub const STATE_PREFIX: &str = "__flare_state/";
+/// Where the cluster's named placement groups are entered in the KV (one key per group: its
+/// key in the nodes' ledgers, creator, bundles and where they are placed).
+pub const PG_PREFIX: &str = "__flare_pgs/";
 pub use jobs::{JobInfo, JobStatus};
 pub use kv_store::HeadStore;
 

@@ -141,44 +141,166 @@ pub fn run(mut opts: NodeAgentOptions) -> Result<(), String> {
 /// The node's resources as its agent grants them to drivers: every driver that schedules on
 /// the node takes what it uses from here first (`Acquire`), so two drivers never hold the same
 /// CPU or GPU share of it; each hears what the others hold (`Usage`) for its view.
+///
+/// Placement groups' bundles on the node live here too (`MakeBundle`): a bundle is a share
+/// of the node that no driver's plain grants can take, and that any driver that knows the
+/// group's key takes from (`AcquireIn`), so the work of several drivers shares one group
+/// without oversubscribing its bundles (Ray's bundle resources on a raylet).
 struct Ledger {
     pool: ResourcePool,
-    /// Grants by driver session and lease: what each holds, and the CPUs it lent back while
-    /// its work blocks (fixed point).
-    grants: HashMap<(u64, u64), (Allocation, u64)>,
-    /// Each session's connection and the others' use it was last told (`None`: the head's
-    /// sessions for job entrypoints, which are not told).
-    sessions: HashMap<u64, (Arc<Conn>, Option<Allocation>)>,
+    /// Grants by driver session and lease.
+    grants: HashMap<(u64, u64), LedgerGrant>,
+    sessions: HashMap<u64, LedgerSession>,
+    /// Placement-group bundles on this node, by group key and index.
+    bundles: HashMap<BundleKey, LedgerBundle>,
+}
+
+/// A placement group's cluster-wide key and a bundle index.
+type BundleKey = (String, u32);
+
+struct LedgerGrant {
+    alloc: Allocation,
+    /// CPUs lent back while its work blocks (fixed point).
+    lent: u64,
+    /// The bundle it was taken from (`None`: the node).
+    bundle: Option<BundleKey>,
+}
+
+struct LedgerSession {
+    conn: Arc<Conn>,
+    /// The others' use it was last told (`None`: the head's sessions for job entrypoints,
+    /// which are not told).
+    told: Option<Allocation>,
+    /// The bundles it took from or made, and the others' use of each it was last told.
+    bundles: HashMap<BundleKey, Allocation>,
+}
+
+struct LedgerBundle {
+    /// The bundle's resources, and what no grant holds of them.
+    pool: ResourcePool,
+    /// What it took from the node.
+    reserved: Allocation,
+    /// The session that made it (its own view counts it as its own use); `None` once that
+    /// session ended.
+    creator: Option<u64>,
+    /// Outlives its creator's session.
+    detached: bool,
 }
 
 /// The most grants one driver session holds at once.
 const MAX_GRANTS: usize = 1 << 16;
+/// The longest placement-group key taken.
+const MAX_PG_KEY: usize = 512;
+
+/// `alloc` less `lent` CPUs.
+fn without_lent(alloc: &Allocation, lent: u64) -> Allocation {
+    let mut a = alloc.clone();
+    a.resources.set_fixed(CPU, a.resources.get_fixed(CPU).saturating_sub(lent));
+    a
+}
 
 impl Ledger {
-    /// What sessions other than `me` hold now (lent CPUs left out).
+    fn new(pool: ResourcePool) -> Self {
+        Ledger { pool, grants: HashMap::new(), sessions: HashMap::new(), bundles: HashMap::new() }
+    }
+
+    /// What sessions other than `me` hold of the node now (lent CPUs left out): their plain
+    /// grants and the bundles they did not make (`me`'s own bundles are in its view already).
     fn others(&self, me: u64) -> Allocation {
         let mut sum = Allocation::default();
-        for ((s, _), (a, lent)) in &self.grants {
-            if *s != me {
-                let mut a = a.clone();
-                a.resources.set_fixed(CPU, a.resources.get_fixed(CPU).saturating_sub(*lent));
-                sum.add(&a);
+        for ((s, _), g) in &self.grants {
+            if *s != me && g.bundle.is_none() {
+                sum.add(&without_lent(&g.alloc, g.lent));
+            }
+        }
+        for b in self.bundles.values() {
+            if b.creator != Some(me) {
+                sum.add(&b.reserved);
             }
         }
         sum.lease = 0;
         sum
     }
 
-    /// The `Usage` messages due to sessions whose others' use changed.
+    /// What sessions other than `me` hold of bundle `key` now.
+    fn others_in(&self, me: u64, key: &BundleKey) -> Allocation {
+        let mut sum = Allocation::default();
+        for ((s, _), g) in &self.grants {
+            if *s != me && g.bundle.as_ref() == Some(key) {
+                sum.add(&without_lent(&g.alloc, g.lent));
+            }
+        }
+        sum.lease = 0;
+        sum
+    }
+
+    /// The `Usage` and `BundleUsage` messages due to sessions whose others' use changed.
     fn usage_updates(&mut self) -> Vec<(Arc<Conn>, FromAgent)> {
         let ids: Vec<u64> = self.sessions.keys().copied().collect();
         let mut out = Vec::new();
         for id in ids {
             let now = self.others(id);
-            let Some((conn, Some(told))) = self.sessions.get_mut(&id) else { continue };
-            if !now.same_as(told) {
-                *told = now.clone();
-                out.push((conn.clone(), FromAgent::Usage { others: now }));
+            let keys: Vec<BundleKey> = self.sessions[&id].bundles.keys().cloned().collect();
+            let in_bundles: Vec<(BundleKey, Allocation)> = keys
+                .into_iter()
+                .filter(|k| self.bundles.contains_key(k))
+                .map(|k| {
+                    let a = self.others_in(id, &k);
+                    (k, a)
+                })
+                .collect();
+            let Some(s) = self.sessions.get_mut(&id) else { continue };
+            if let Some(told) = &mut s.told {
+                if !now.same_as(told) {
+                    *told = now.clone();
+                    out.push((s.conn.clone(), FromAgent::Usage { others: now }));
+                }
+            }
+            for (k, a) in in_bundles {
+                let told = s.bundles.entry(k.clone()).or_default();
+                if !a.same_as(told) {
+                    *told = a.clone();
+                    out.push((s.conn.clone(), FromAgent::BundleUsage { pg: k.0, index: k.1, others: a }));
+                }
+            }
+        }
+        out
+    }
+
+    /// Gives a grant's resources back to where they were taken from.
+    fn give_back(&mut self, g: LedgerGrant) {
+        let a = without_lent(&g.alloc, g.lent);
+        match g.bundle.as_ref().and_then(|k| self.bundles.get_mut(k)) {
+            Some(b) => b.pool.release(&a),
+            None => self.pool.release(&a),
+        }
+    }
+
+    /// Removes every bundle of group `pg` here: what no grant holds goes back to the node, the
+    /// grants in them become plain grants of the node, and the sessions that knew of them hear
+    /// `BundleGone`.
+    fn remove_bundles(&mut self, pg: &str, why: &str) -> Vec<(Arc<Conn>, FromAgent)> {
+        let keys: Vec<BundleKey> = self.bundles.keys().filter(|(p, _)| p == pg).cloned().collect();
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let mut told = std::collections::HashSet::new();
+        for k in &keys {
+            let Some(b) = self.bundles.remove(k) else { continue };
+            self.pool.release(&b.reserved);
+            told.extend(b.creator);
+            for g in self.grants.values_mut().filter(|g| g.bundle.as_ref() == Some(k)) {
+                // Just released as part of the bundle: free on the node.
+                let took = self.pool.try_take(&without_lent(&g.alloc, g.lent));
+                debug_assert!(took, "a grant in a bundle fits in what the bundle gave back");
+                g.bundle = None;
+            }
+        }
+        let mut out = Vec::new();
+        for (id, s) in &mut self.sessions {
+            let knew = keys.iter().any(|k| s.bundles.remove(k).is_some());
+            if knew || told.contains(id) {
+                out.push((s.conn.clone(), FromAgent::BundleGone { pg: pg.to_string(), why: why.to_string() }));
             }
         }
         out
@@ -186,60 +308,117 @@ impl Ledger {
 
     /// Handles one grant message of session `me`; returns the replies and updates to send.
     fn handle(&mut self, me: u64, msg: ToAgent) -> Vec<(Arc<Conn>, FromAgent)> {
-        let Some(conn) = self.sessions.get(&me).map(|(c, _)| c.clone()) else { return Vec::new() };
+        let Some(conn) = self.sessions.get(&me).map(|s| s.conn.clone()) else { return Vec::new() };
         let mut out = Vec::new();
         match msg {
-            ToAgent::Acquire { lease, .. } | ToAgent::AcquireAny { lease, .. } => {
+            ToAgent::Acquire { lease, .. } | ToAgent::AcquireAny { lease, .. } | ToAgent::AcquireIn { lease, .. } => {
                 let held = self.grants.keys().filter(|(s, _)| *s == me).count();
+                let mut bundle = None;
                 let taken = if self.grants.contains_key(&(me, lease)) {
                     Err(format!("lease {lease} is held already"))
                 } else if held >= MAX_GRANTS {
                     Err(format!("this driver holds {held} grants on the node, the most it may"))
                 } else {
-                    let (want, got) = match msg {
+                    match msg {
                         ToAgent::Acquire { alloc, .. } => {
                             let ok = self.pool.try_take(&alloc);
-                            (alloc.resources.clone(), ok.then_some(alloc))
+                            let why =
+                                format!("{} is not free: {} of {} is", alloc.resources, self.pool.available(), self.pool.total());
+                            ok.then_some(alloc).ok_or(why)
                         }
-                        ToAgent::AcquireAny { resources, .. } => {
-                            let got = self.pool.try_allocate(&resources);
-                            (resources, got)
+                        ToAgent::AcquireAny { resources, .. } => self.pool.try_allocate(&resources).ok_or_else(|| {
+                            format!("{resources} is not free: {} of {} is", self.pool.available(), self.pool.total())
+                        }),
+                        ToAgent::AcquireIn { alloc, pg, index, .. } => {
+                            let key = (pg, index);
+                            match self.bundles.get_mut(&key) {
+                                None => {
+                                    let why = format!("placement group {} has no bundle {index} on this node", key.0);
+                                    out.push((conn.clone(), FromAgent::BundleGone { pg: key.0.clone(), why: why.clone() }));
+                                    Err(why)
+                                }
+                                Some(b) => {
+                                    let ok = b.pool.try_take(&alloc);
+                                    let why = format!(
+                                        "{} is not free in bundle {index}: {} of {} is",
+                                        alloc.resources,
+                                        b.pool.available(),
+                                        b.pool.total()
+                                    );
+                                    if let Some(s) = self.sessions.get_mut(&me) {
+                                        s.bundles.entry(key.clone()).or_default();
+                                    }
+                                    bundle = Some(key);
+                                    ok.then_some(alloc).ok_or(why)
+                                }
+                            }
                         }
                         _ => unreachable!("matched above"),
-                    };
-                    got.ok_or_else(|| format!("{want} is not free: {} of {} is", self.pool.available(), self.pool.total()))
+                    }
                 };
                 match taken {
                     Ok(mut alloc) => {
                         alloc.lease = lease;
-                        self.grants.insert((me, lease), (alloc.clone(), 0));
+                        self.grants.insert((me, lease), LedgerGrant { alloc: alloc.clone(), lent: 0, bundle });
                         out.push((conn, FromAgent::Granted { lease, alloc }));
                     }
-                    Err(why) => out.push((conn, FromAgent::Denied { lease, others: self.others(me), why })),
+                    Err(why) => {
+                        let others = match &bundle {
+                            Some(k) => self.others_in(me, k),
+                            None => self.others(me),
+                        };
+                        out.push((conn, FromAgent::Denied { lease, others, why }));
+                    }
                 }
             }
+            ToAgent::MakeBundle { lease, pg, index, detached } => {
+                let key = (pg, index);
+                let ok = key.0.len() <= MAX_PG_KEY
+                    && !self.bundles.contains_key(&key)
+                    && self.grants.get(&(me, lease)).is_some_and(|g| g.bundle.is_none() && g.lent == 0);
+                if !ok {
+                    // A grant that cannot become the bundle stays a grant (its driver releases it).
+                    tracing::warn!(pg = %key.0, index, "refused to make a bundle of grant {lease}");
+                    out.push((conn, FromAgent::BundleGone { pg: key.0, why: format!("bundle {index} could not be made") }));
+                } else if let Some(g) = self.grants.remove(&(me, lease)) {
+                    let mut reserved = g.alloc;
+                    reserved.lease = 0;
+                    let pool = ResourcePool::from_allocation(&reserved);
+                    self.bundles.insert(key.clone(), LedgerBundle { pool, reserved, creator: Some(me), detached });
+                    if let Some(s) = self.sessions.get_mut(&me) {
+                        s.bundles.insert(key, Allocation::default());
+                    }
+                }
+            }
+            ToAgent::RemoveBundles { pg } => out.extend(self.remove_bundles(&pg, "the placement group was removed")),
             ToAgent::Release { lease } => {
-                if let Some((mut a, lent)) = self.grants.remove(&(me, lease)) {
-                    a.resources.set_fixed(CPU, a.resources.get_fixed(CPU).saturating_sub(lent));
-                    self.pool.release(&a);
+                if let Some(g) = self.grants.remove(&(me, lease)) {
+                    self.give_back(g);
                 }
             }
             ToAgent::Lend { lease } => {
-                if let Some((a, lent)) = self.grants.get_mut(&(me, lease)) {
-                    if *lent == 0 {
+                if let Some(g) = self.grants.get_mut(&(me, lease)) {
+                    if g.lent == 0 {
                         let mut part = Allocation::default();
-                        part.resources.set_fixed(CPU, a.resources.get_fixed(CPU));
-                        *lent = part.resources.get_fixed(CPU);
-                        self.pool.release(&part);
+                        part.resources.set_fixed(CPU, g.alloc.resources.get_fixed(CPU));
+                        g.lent = part.resources.get_fixed(CPU);
+                        match g.bundle.as_ref().and_then(|k| self.bundles.get_mut(k)) {
+                            Some(b) => b.pool.release(&part),
+                            None => self.pool.release(&part),
+                        }
                     }
                 }
             }
             ToAgent::Reclaim { lease } => {
-                if let Some((_, lent)) = self.grants.get_mut(&(me, lease)) {
+                if let Some(g) = self.grants.get_mut(&(me, lease)) {
                     let mut part = Allocation::default();
-                    part.resources.set_fixed(CPU, *lent);
-                    if *lent > 0 && self.pool.try_take(&part) {
-                        *lent = 0;
+                    part.resources.set_fixed(CPU, g.lent);
+                    let pool = match g.bundle.as_ref().and_then(|k| self.bundles.get_mut(k)) {
+                        Some(b) => &mut b.pool,
+                        None => &mut self.pool,
+                    };
+                    if g.lent > 0 && pool.try_take(&part) {
+                        g.lent = 0;
                     }
                 }
             }
@@ -249,17 +428,32 @@ impl Ledger {
         out
     }
 
-    /// A driver session ended: everything it held goes back.
+    /// A driver session ended: everything it held goes back, and the bundles it made unless
+    /// they are detached.
     fn end_session(&mut self, me: u64) -> Vec<(Arc<Conn>, FromAgent)> {
         self.sessions.remove(&me);
         let mine: Vec<(u64, u64)> = self.grants.keys().filter(|(s, _)| *s == me).copied().collect();
         for k in mine {
-            if let Some((mut a, lent)) = self.grants.remove(&k) {
-                a.resources.set_fixed(CPU, a.resources.get_fixed(CPU).saturating_sub(lent));
-                self.pool.release(&a);
+            if let Some(g) = self.grants.remove(&k) {
+                self.give_back(g);
             }
         }
-        self.usage_updates()
+        let mut out = Vec::new();
+        let made: Vec<(String, bool)> =
+            self.bundles.iter().filter(|(_, b)| b.creator == Some(me)).map(|((pg, _), b)| (pg.clone(), b.detached)).collect();
+        for (pg, detached) in made {
+            if detached {
+                for ((p, _), b) in self.bundles.iter_mut() {
+                    if *p == pg {
+                        b.creator = None;
+                    }
+                }
+            } else {
+                out.extend(self.remove_bundles(&pg, "the driver that made the placement group is gone"));
+            }
+        }
+        out.extend(self.usage_updates());
+        out
     }
 }
 
@@ -289,7 +483,7 @@ impl AgentService {
             total.set(k, *v).map_err(|e| format!("resource {k}: {e}"))?;
         }
         let pool = ResourcePool::new(total)?;
-        let ledger = Arc::new(Mutex::new(Ledger { pool, grants: HashMap::new(), sessions: HashMap::new() }));
+        let ledger = Arc::new(Mutex::new(Ledger::new(pool)));
         let base = if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
         remove_stale_stores(&base);
         let shm_root = base.join(format!("flare_node_{}_{}", std::process::id(), super::now_ms()));
@@ -515,7 +709,11 @@ impl AgentService {
         let session = GRANT_SESSIONS.fetch_add(1, Ordering::Relaxed);
         let Ok(w) = s.try_clone() else { return };
         let conn = Arc::new(Conn::new(w));
-        self.ledger.lock().unwrap_or_else(|p| p.into_inner()).sessions.insert(session, (conn, None));
+        self.ledger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sessions
+            .insert(session, LedgerSession { conn, told: None, bundles: HashMap::new() });
         let mut rx = Receiver::new(s);
         while let Ok(Some(m)) = rx.recv::<ToAgent>() {
             if matches!(m, ToAgent::AcquireAny { .. } | ToAgent::Release { .. }) {
@@ -559,7 +757,7 @@ impl AgentService {
         let first = {
             let mut l = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
             let others = l.others(session);
-            l.sessions.insert(session, (conn.clone(), Some(others.clone())));
+            l.sessions.insert(session, LedgerSession { conn: conn.clone(), told: Some(others.clone()), bundles: HashMap::new() });
             others
         };
         // What other drivers hold here already, for this driver's first view of the node.
@@ -591,7 +789,13 @@ impl AgentService {
                     }
                 }
                 Ok(Some(
-                    m @ (ToAgent::Acquire { .. } | ToAgent::Release { .. } | ToAgent::Lend { .. } | ToAgent::Reclaim { .. }),
+                    m @ (ToAgent::Acquire { .. }
+                    | ToAgent::AcquireIn { .. }
+                    | ToAgent::MakeBundle { .. }
+                    | ToAgent::RemoveBundles { .. }
+                    | ToAgent::Release { .. }
+                    | ToAgent::Lend { .. }
+                    | ToAgent::Reclaim { .. }),
                 )) => {
                     let out = self.ledger.lock().unwrap_or_else(|p| p.into_inner()).handle(session, m);
                     send_all(out);
@@ -770,15 +974,94 @@ mod tests {
         })
     }
 
+    fn session(l: &mut Ledger, id: u64) -> Arc<Conn> {
+        let c = Arc::new(Conn::new(std::io::sink()));
+        l.sessions.insert(id, LedgerSession { conn: c.clone(), told: Some(Allocation::default()), bundles: HashMap::new() });
+        c
+    }
+
+    fn gone_for(out: &[(Arc<Conn>, FromAgent)], conn: &Arc<Conn>) -> bool {
+        out.iter().any(|(c, m)| matches!(m, FromAgent::BundleGone { .. }) && Arc::ptr_eq(c, conn))
+    }
+
+    fn bundle_usage_for(out: &[(Arc<Conn>, FromAgent)], conn: &Arc<Conn>) -> Option<Allocation> {
+        out.iter().find_map(|(c, m)| match m {
+            FromAgent::BundleUsage { others, .. } if Arc::ptr_eq(c, conn) => Some(others.clone()),
+            _ => None,
+        })
+    }
+
+    fn acquire_in(l: &mut Ledger, me: u64, lease: u64, a: Allocation) -> Vec<(Arc<Conn>, FromAgent)> {
+        l.handle(me, ToAgent::AcquireIn { lease, alloc: a, pg: "pg1".into(), index: 0 })
+    }
+
+    #[test]
+    fn bundles_are_shared_by_drivers_and_kept_from_plain_grants() {
+        let mut total = ResourceSet::new();
+        total.set(CPU, 4.0).unwrap();
+        total.set(crate::resources::GPU, 1.0).unwrap();
+        let mut l = Ledger::new(ResourcePool::new(total).unwrap());
+        let (c1, c2, c3) = (session(&mut l, 1), session(&mut l, 2), session(&mut l, 3));
+        // Driver 1 makes bundle 0 of "pg1" (2 CPUs and the GPU) out of a grant.
+        let out = l.handle(1, ToAgent::Acquire { lease: 1, alloc: alloc(2.0, &[0]) });
+        assert!(usage_for(&out, &c2).unwrap().same_as(&alloc(2.0, &[0])));
+        // Driver 1's own view has it already, and the others saw it taken: nobody's use changed.
+        let out = l.handle(1, ToAgent::MakeBundle { lease: 1, pg: "pg1".into(), index: 0, detached: false });
+        assert!(out.is_empty(), "{:?}", out.iter().map(|(_, m)| m).collect::<Vec<_>>());
+        // Plain grants cannot take it: 2 CPUs are left, and no GPU.
+        assert!(matches!(l.handle(2, ToAgent::Acquire { lease: 1, alloc: alloc(1.0, &[0]) })[0].1, FromAgent::Denied { .. }));
+        assert!(matches!(l.handle(2, ToAgent::Acquire { lease: 2, alloc: alloc(2.0, &[]) })[0].1, FromAgent::Granted { .. }));
+        // Driver 2 takes the GPU and a CPU in the bundle; driver 1 (its creator) hears of it.
+        let out = acquire_in(&mut l, 2, 3, alloc(1.0, &[0]));
+        assert!(matches!(out[0].1, FromAgent::Granted { lease: 3, .. }), "{:?}", out[0].1);
+        assert!(bundle_usage_for(&out, &c1).unwrap().same_as(&alloc(1.0, &[0])));
+        // ...and the node-level use does not count it twice (driver 2's 2 plain CPUs, told before).
+        assert!(usage_for(&out, &c1).is_none());
+        assert!(l.others(1).same_as(&alloc(2.0, &[])));
+        // Driver 3 cannot have the GPU too, and is told who holds what in the bundle.
+        match &acquire_in(&mut l, 3, 1, alloc(1.0, &[0]))[0].1 {
+            FromAgent::Denied { others, why, .. } => {
+                assert!(others.same_as(&alloc(1.0, &[0])), "{others:?}");
+                assert!(why.contains("bundle 0"), "{why}");
+            }
+            other => panic!("a bundle's GPU was granted twice: {other:?}"),
+        }
+        assert!(matches!(acquire_in(&mut l, 3, 2, alloc(1.0, &[]))[0].1, FromAgent::Granted { .. }));
+        // A bundle that is not here is gone.
+        let out = l.handle(3, ToAgent::AcquireIn { lease: 3, alloc: alloc(1.0, &[]), pg: "pg1".into(), index: 1 });
+        assert!(gone_for(&out, &c3) && out.iter().any(|(_, m)| matches!(m, FromAgent::Denied { .. })));
+        // Its creator goes: the bundle goes back, every driver that used it hears so, and the
+        // grants in it stay their holders' (as plain grants of the node) until released.
+        let out = l.end_session(1);
+        assert!(gone_for(&out, &c2) && gone_for(&out, &c3));
+        assert!(l.bundles.is_empty());
+        assert_eq!(l.pool.available().get(CPU), 0.0, "2 CPUs driver 2 holds, 2 in the bundle's grants");
+        assert!(matches!(l.handle(3, ToAgent::Acquire { lease: 4, alloc: alloc(0.0, &[0]) })[0].1, FromAgent::Denied { .. }));
+        for (s, lease) in [(2, 2), (2, 3), (3, 2)] {
+            l.handle(s, ToAgent::Release { lease });
+        }
+        assert_eq!(l.pool.available(), l.pool.total(), "every grant and bundle given back once");
+
+        // A detached bundle outlives its creator; removing it (from any driver) frees it.
+        l.handle(2, ToAgent::Acquire { lease: 5, alloc: alloc(1.0, &[]) });
+        l.handle(2, ToAgent::MakeBundle { lease: 5, pg: "pg1".into(), index: 0, detached: true });
+        let out = l.end_session(2);
+        assert!(!gone_for(&out, &c3) && l.bundles.len() == 1);
+        assert!(l.others(3).same_as(&alloc(1.0, &[])), "the bundle stays taken");
+        assert!(matches!(acquire_in(&mut l, 3, 6, alloc(1.0, &[]))[0].1, FromAgent::Granted { .. }));
+        let out = l.handle(3, ToAgent::RemoveBundles { pg: "pg1".into() });
+        assert!(gone_for(&out, &c3));
+        l.handle(3, ToAgent::Release { lease: 6 });
+        assert_eq!(l.pool.available(), l.pool.total());
+    }
+
     #[test]
     fn the_ledger_grants_each_share_of_a_node_to_one_driver() {
         let mut total = ResourceSet::new();
         total.set(CPU, 4.0).unwrap();
         total.set(crate::resources::GPU, 1.0).unwrap();
-        let mut l = Ledger { pool: ResourcePool::new(total).unwrap(), grants: HashMap::new(), sessions: HashMap::new() };
-        let (c1, c2) = (Arc::new(Conn::new(std::io::sink())), Arc::new(Conn::new(std::io::sink())));
-        l.sessions.insert(1, (c1.clone(), Some(Allocation::default())));
-        l.sessions.insert(2, (c2.clone(), Some(Allocation::default())));
+        let mut l = Ledger::new(ResourcePool::new(total).unwrap());
+        let (c1, c2) = (session(&mut l, 1), session(&mut l, 2));
 
         // Driver 1 takes a CPU and GPU 0; driver 2 hears of it.
         let out = l.handle(1, ToAgent::Acquire { lease: 1, alloc: alloc(1.0, &[0]) });

@@ -50,18 +50,23 @@ pub(crate) struct RemoteNode {
     pub labels: Vec<(String, String)>,
     /// The agent's grants this driver holds on the node.
     pub grants: Vec<Grant>,
-    /// The grant asked for and not answered yet.
-    pub asking: Option<(u64, Allocation)>,
+    /// The grant asked for and not answered yet (in a placement group's bundle, or the node).
+    pub asking: Option<(u64, Allocation, Option<BundleRef>)>,
     /// What other drivers hold on the node, as its agent last said.
     pub others: Allocation,
     /// Bytes of this driver's objects that stay in the node's store.
     pub object_bytes: u64,
 }
 
+/// A bundle of a placement group, by the group's id here and the bundle's index.
+pub(crate) type BundleRef = (crate::ids::PlacementGroupId, usize);
+
 /// Part of a node that its agent granted this driver: work on that node runs under one.
 pub(crate) struct Grant {
     pub id: u64,
     pub alloc: Allocation,
+    /// Taken from a placement group's bundle on the node (`None`: from the node).
+    pub bundle: Option<BundleRef>,
     /// Work runs under it now.
     pub busy: bool,
     /// Its CPUs were lent back once (the agent may not have them back): given back after its
@@ -122,6 +127,8 @@ pub(crate) struct ClusterCtx {
     pub worker_addr: String,
     /// The head's directory keys of the actor names this driver holds.
     pub claims: Mutex<std::collections::HashSet<String>>,
+    /// Held while a placement group's entry is written to the head.
+    pub publishing: Mutex<()>,
 }
 
 impl NodeState {
@@ -149,7 +156,7 @@ impl NodeState {
         match from {
             super::state::AllocFrom::Node(n) => n,
             super::state::AllocFrom::Bundle(pg, i) => match self.pgs.get(&pg).map(|p| &p.state) {
-                Some(super::state::PgState::Created(b)) => b.get(i).map(|(_, _, n)| *n).unwrap_or(LOCAL),
+                Some(super::state::PgState::Created(b)) => b.get(i).map(|b| b.node).unwrap_or(LOCAL),
                 _ => LOCAL,
             },
         }
@@ -159,7 +166,7 @@ impl NodeState {
     /// ([`lease`](Self::lease)). `None`: not free, or the work waits for the agent's answer.
     pub(crate) fn take_on(&mut self, n: NodeId, req: &ResourceSet, fx: &mut Vec<Effect>) -> Option<Allocation> {
         let mut a = self.pool_mut(n)?.try_allocate(req)?;
-        if self.lease(n, &mut a, fx) {
+        if self.lease(n, &mut a, None, fx) {
             return Some(a);
         }
         if let Some(p) = self.pool_mut(n) {
@@ -173,15 +180,17 @@ impl NodeState {
         self.remote.values_mut().find(|r| r.link.address == address)
     }
 
-    /// Covers `alloc`, just taken from node `n`'s view, by a grant of its agent: an idle grant
-    /// of the same shape if this driver holds one; else one is asked for (one question per node
-    /// at a time) and the work waits for the answer. True when the work may use `alloc` now.
-    pub(crate) fn lease(&mut self, n: NodeId, alloc: &mut Allocation, fx: &mut Vec<Effect>) -> bool {
+    /// Covers `alloc`, just taken from node `n`'s view (or from `bundle`'s on it), by a grant
+    /// of its agent: an idle grant of the same shape if this driver holds one; else one is
+    /// asked for (one question per node at a time) and the work waits for the answer. True
+    /// when the work may use `alloc` now.
+    pub(crate) fn lease(&mut self, n: NodeId, alloc: &mut Allocation, bundle: Option<BundleRef>, fx: &mut Vec<Effect>) -> bool {
         if n == LOCAL {
             return true;
         }
+        let key = bundle.and_then(|(pg, _)| self.pgs.get(&pg).map(|p| p.key.clone()));
         let Some(r) = self.remote.get_mut(&n) else { return false };
-        if let Some(g) = r.grants.iter_mut().find(|g| !g.busy && g.alloc.same_as(alloc)) {
+        if let Some(g) = r.grants.iter_mut().find(|g| !g.busy && g.bundle == bundle && g.alloc.same_as(alloc)) {
             g.busy = true;
             alloc.lease = g.id;
             return true;
@@ -191,10 +200,51 @@ impl NodeState {
             let lease = self.next_lease;
             let mut want = alloc.clone();
             want.lease = lease;
-            fx.push(Effect::Agent(r.link.clone(), ToAgent::Acquire { lease, alloc: want.clone() }));
-            r.asking = Some((lease, want));
+            let msg = match (bundle, key) {
+                (Some((_, i)), Some(pg)) => ToAgent::AcquireIn { lease, alloc: want.clone(), pg, index: i as u32 },
+                (Some(_), None) => return false,
+                (None, _) => ToAgent::Acquire { lease, alloc: want.clone() },
+            };
+            fx.push(Effect::Agent(r.link.clone(), msg));
+            r.asking = Some((lease, want, bundle));
         }
         false
+    }
+
+    /// Bundle `index` of group `pg`, just reserved on node `n` under a grant, becomes a bundle
+    /// in the node's ledger (where other drivers' work can take from it): the grant is no
+    /// longer this driver's to reuse or give back.
+    pub(crate) fn make_bundle(
+        &mut self,
+        pg: crate::ids::PlacementGroupId,
+        index: usize,
+        n: NodeId,
+        alloc: &mut Allocation,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some(entry) = self.pgs.get(&pg) else { return };
+        let (key, detached) = (entry.key.clone(), entry.spec.detached);
+        let Some(r) = self.remote.get_mut(&n) else { return };
+        r.grants.retain(|g| g.id != alloc.lease);
+        fx.push(Effect::Agent(
+            r.link.clone(),
+            ToAgent::MakeBundle { lease: alloc.lease, pg: key, index: index as u32, detached },
+        ));
+        alloc.lease = 0;
+    }
+
+    /// Gives back this driver's grants in group `pg`'s bundles (its work there ended, or was killed).
+    pub(crate) fn release_bundle_grants(&mut self, pg: crate::ids::PlacementGroupId, fx: &mut Vec<Effect>) {
+        for r in self.remote.values_mut() {
+            let link = r.link.clone();
+            r.grants.retain(|g| {
+                let mine = g.bundle.is_some_and(|(p, _)| p == pg);
+                if mine {
+                    fx.push(Effect::Agent(link.clone(), ToAgent::Release { lease: g.id }));
+                }
+                !mine
+            });
+        }
     }
 
     /// The work under `alloc` on node `n` ended: its grant waits for the next work of its shape
@@ -243,8 +293,8 @@ impl NodeState {
     /// Node `n`'s agent answered the grant asked for (`Granted`: `others` is `None`).
     pub(crate) fn agent_answered(&mut self, n: NodeId, lease: u64, denied: Option<Allocation>, fx: &mut Vec<Effect>) {
         let Some(r) = self.remote.get_mut(&n) else { return };
-        let asked = match r.asking.take() {
-            Some((id, a)) if id == lease => a,
+        let (asked, bundle) = match r.asking.take() {
+            Some((id, a, b)) if id == lease => (a, b),
             other => {
                 // Not the question outstanding (cannot happen): a grant nobody waits for goes back.
                 r.asking = other;
@@ -254,9 +304,23 @@ impl NodeState {
                 return;
             }
         };
-        match denied {
-            None => r.grants.push(Grant { id: lease, alloc: asked, busy: false, lent: false, idle_since: Instant::now() }),
-            Some(others) => self.agent_usage(n, others),
+        match (denied, bundle) {
+            (None, _) => {
+                r.grants.push(Grant { id: lease, alloc: asked, bundle, busy: false, lent: false, idle_since: Instant::now() })
+            }
+            (Some(others), None) => self.agent_usage(n, others),
+            (Some(others), Some((pg, i))) => self.bundle_usage(pg, i, others),
+        }
+        self.dirty = true;
+    }
+
+    /// What other drivers' work holds of bundle `index` of group `pg` now.
+    pub(crate) fn bundle_usage(&mut self, pg: crate::ids::PlacementGroupId, index: usize, others: Allocation) {
+        if let Some(super::state::PgEntry { state: super::state::PgState::Created(b), .. }) = self.pgs.get_mut(&pg) {
+            if let Some(b) = b.get_mut(index) {
+                b.pool.set_external(&others);
+                b.others = others;
+            }
         }
         self.dirty = true;
     }
@@ -289,7 +353,7 @@ impl NodeState {
                 super::state::PgState::Created(b) => Some((id, b)),
                 _ => None,
             })
-            .flat_map(|(id, b)| b.iter().enumerate().filter(|(_, (_, _, node))| *node == n).map(move |(i, _)| (*id, i)))
+            .flat_map(|(id, b)| b.iter().enumerate().filter(|(_, b)| b.node == n).map(move |(i, _)| (*id, i)))
             .collect();
         self.lost_bundles.extend(lost);
         self.replace_lost_bundles(fx);
@@ -306,8 +370,13 @@ impl NodeState {
             if b.get(i).is_none() {
                 continue;
             }
+            // Another driver's group: its creator places the bundle again (read from the head).
+            if entry.foreign.is_some() {
+                self.lost_bundles.push((pg, i));
+                continue;
+            }
             let strict = entry.spec.strategy == crate::scheduler::PlacementStrategy::StrictSpread;
-            let taken: Vec<NodeId> = b.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, (_, _, node))| *node).collect();
+            let taken: Vec<NodeId> = b.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, b)| b.node).collect();
             let req = entry.spec.bundles[i].clone();
             let target = self
                 .node_views()
@@ -319,13 +388,15 @@ impl NodeState {
                 self.lost_bundles.push((pg, i));
                 continue;
             };
-            let Some(a) = self.take_on(target, &req, fx) else {
+            let Some(mut a) = self.take_on(target, &req, fx) else {
                 self.lost_bundles.push((pg, i));
                 continue;
             };
+            self.make_bundle(pg, i, target, &mut a, fx);
             if let Some(super::state::PgEntry { state: super::state::PgState::Created(b), .. }) = self.pgs.get_mut(&pg) {
-                b[i] = (ResourcePool::from_allocation(&a), a, target);
+                b[i] = super::state::PgBundle::new(a, target);
                 tracing::info!(pg = %pg, bundle = i, node = %target, "bundle moved off a dead node");
+                fx.push(Effect::PublishPg(pg));
             }
         }
     }
@@ -361,7 +432,13 @@ impl Node {
         let port = listener.local_addr().map_err(|e| crate::Error::io("reading the listener's address", e))?.port();
         // Objects stay on the nodes that make them; this driver pulls copies to read them.
         crate::transfer::set_store(self.session.shm_dir.clone(), token.clone());
-        let ctx = ClusterCtx { head, token, worker_addr: format!("{node_ip}:{port}"), claims: Mutex::default() };
+        let ctx = ClusterCtx {
+            head,
+            token,
+            worker_addr: format!("{node_ip}:{port}"),
+            claims: Mutex::default(),
+            publishing: Mutex::default(),
+        };
         if self.cluster.set(ctx).is_err() {
             return Err(crate::Error::Config("this driver already joined a cluster".into()));
         }
@@ -386,6 +463,7 @@ impl Node {
                     Err(e) => tracing::debug!("reading the head's node table: {e}"),
                 }
                 node.publish_state();
+                node.refresh_foreign_pgs();
             })
             .map_err(|e| crate::Error::io("starting the cluster watcher", e))?;
         Ok(())
@@ -406,7 +484,9 @@ impl Node {
         if tasks.len() > STATE_TASKS {
             tasks.drain(..tasks.len() - STATE_TASKS);
         }
-        let pgs = self.state(crate::runtime::StateQuery::PlacementGroups).placement_groups;
+        // Another driver's groups that this one uses are listed by their creator.
+        let mut pgs = self.state(crate::runtime::StateQuery::PlacementGroups).placement_groups;
+        pgs.retain(|p| p.creator.is_none());
         let as_map = |r: &ResourceSet| -> serde_json::Map<String, serde_json::Value> {
             r.iter().map(|(k, _)| (k.to_string(), r.get(k).into())).collect()
         };
@@ -633,6 +713,17 @@ fn read_agent(node: Weak<Node>, link: Arc<AgentLink>, mut rx: Receiver) {
                 n.with_state(|st, fx| st.agent_answered(link.node, lease, Some(others), fx));
             }
             FromAgent::Usage { others } => n.with_state(|st, _| st.agent_usage(link.node, others)),
+            FromAgent::BundleUsage { pg, index, others } => n.with_state(|st, _| {
+                if let Some(&id) = st.pg_keys.get(&pg) {
+                    st.bundle_usage(id, index as usize, others);
+                }
+            }),
+            FromAgent::BundleGone { pg, why } => n.with_state(|st, fx| {
+                if let Some(&id) = st.pg_keys.get(&pg) {
+                    tracing::info!(pg = %id, node = %link.name, "placement group gone: {why}");
+                    st.drop_placement_group(id, &why, fx);
+                }
+            }),
             other => tracing::debug!(node = %link.name, "unexpected message from the agent: {other:?}"),
         }
     }

@@ -10,6 +10,7 @@ mod actors;
 pub(crate) mod cluster;
 mod objects;
 mod peers;
+mod pgs;
 mod sched;
 mod session;
 mod state;
@@ -57,6 +58,10 @@ pub(crate) enum Effect {
     FreeRemote(String, String),
     /// A named actor died: its name in the head's directory is free (namespace, name).
     Unclaim(String, String),
+    /// A named placement group changed: its entry in the head's table is written again.
+    PublishPg(PlacementGroupId),
+    /// A named placement group is gone: its entry in the head's table goes.
+    UnpublishPg(PlacementGroupId),
 }
 
 /// Settings resolved from [`Config`] and the machine.
@@ -193,6 +198,8 @@ impl Node {
                 Effect::KillRemote(link, wid) => link.kill(wid),
                 Effect::Agent(link, msg) => link.send(&msg),
                 Effect::Unclaim(ns, name) => self.unclaim_actor_name(&ns, &name),
+                Effect::PublishPg(id) => self.publish_pg(id),
+                Effect::UnpublishPg(id) => self.unpublish_pg(id),
                 Effect::FreeRemote(addr, path) => {
                     let link = self.lock().remote_at(&addr).map(|r| r.link.clone());
                     if let Some(link) = link {
@@ -270,7 +277,11 @@ impl Node {
     }
 
     pub(crate) fn create_placement_group(&self, spec: PlacementGroupSpec) -> Result<(), TaskError> {
-        self.with_state(|st, fx| st.create_placement_group(spec, fx))
+        let key = self.pg_key(spec.id);
+        NodeState::check_pg_spec(&spec)?;
+        // In a cluster, a name is entered in the head's table first (it is cluster-wide).
+        self.claim_pg_name(&spec, &key)?;
+        self.with_state(|st, _| st.create_placement_group(spec, key))
     }
 
     pub(crate) fn remove_placement_group(&self, id: PlacementGroupId) -> Result<(), TaskError> {
@@ -293,6 +304,7 @@ impl Node {
     pub(crate) fn shutdown(&self) {
         self.unpublish_state();
         self.unclaim_all();
+        self.unpublish_own_pgs();
         let pids = self.with_state(|st, fx| st.shutdown(fx));
         // Give workers a moment to exit on their own, then make sure.
         let deadline = std::time::Instant::now() + Duration::from_millis(500);
@@ -354,6 +366,9 @@ impl Core for DriverCore {
     }
     fn placement_group_ready(&self, id: PlacementGroupId) -> Promise<Result<(), TaskError>> {
         self.node.placement_group_ready(id)
+    }
+    fn get_placement_group(&self, name: &str) -> Result<(PlacementGroupId, usize), TaskError> {
+        self.node.get_placement_group(name)
     }
     fn state(&self, query: StateQuery) -> Result<StateSnapshot, TaskError> {
         Ok(self.node.state(query))

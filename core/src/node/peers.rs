@@ -41,7 +41,7 @@ struct Claim {
     class: String,
 }
 
-fn hex(s: &str) -> String {
+pub(crate) fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -51,7 +51,7 @@ fn claim_key(namespace: &str, name: &str) -> String {
 
 /// Whether the driver whose cluster port is `address` is still there (a killed driver's port
 /// refuses connections).
-fn driver_is_live(address: &str) -> bool {
+pub(crate) fn driver_is_live(address: &str) -> bool {
     use std::net::ToSocketAddrs;
     let Some(addr) = address.to_socket_addrs().ok().and_then(|mut a| a.next()) else { return false };
     TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok()

@@ -97,7 +97,7 @@ impl NodeState {
     /// Decides where a request runs now.
     pub(crate) fn decide(&mut self, req: &ResourceSet, strategy: &SchedulingStrategy, fx: &mut Vec<Effect>) -> Decision {
         if let SchedulingStrategy::PlacementGroup { pg, bundle_index } = strategy {
-            return self.decide_bundle(req, *pg, *bundle_index);
+            return self.decide_bundle(req, *pg, *bundle_index, fx);
         }
         let view = self.node_views();
         let result = match strategy {
@@ -117,7 +117,7 @@ impl NodeState {
         }
     }
 
-    fn decide_bundle(&mut self, req: &ResourceSet, pg: PlacementGroupId, index: Option<usize>) -> Decision {
+    fn decide_bundle(&mut self, req: &ResourceSet, pg: PlacementGroupId, index: Option<usize>, fx: &mut Vec<Effect>) -> Decision {
         let Some(entry) = self.pgs.get_mut(&pg) else {
             return Decision::Infeasible(format!("placement group {pg} does not exist"), true);
         };
@@ -138,28 +138,41 @@ impl NodeState {
             Some(i) => vec![i],
             None => (0..n).collect(),
         };
-        // A bundle whose node died waits until it is placed again (on a grant of another node).
-        let lost = |i: usize| self.lost_bundles.contains(&(pg, i));
-        for &i in &candidates {
-            if lost(i) {
-                continue;
-            }
-            if let Some(a) = bundles[i].0.try_allocate(req) {
-                return Decision::Alloc(a, AllocFrom::Bundle(pg, i));
+        if let Some(why) = &entry.foreign {
+            if let Some(&i) = candidates.iter().find(|&&i| bundles[i].node == LOCAL) {
+                return Decision::Infeasible(
+                    format!("bundle {i} of placement group {pg} is on the own node of {why}; only that driver places work in it"),
+                    true,
+                );
             }
         }
-        if candidates.iter().any(|&i| bundles[i].0.could_fit(req).is_ok()) {
-            Decision::Wait
-        } else {
-            let sizes: Vec<String> = candidates.iter().map(|&i| format!("{}", bundles[i].0.total())).collect();
-            Decision::Infeasible(
+        if candidates.iter().all(|&i| bundles[i].pool.could_fit(req).is_err()) {
+            let sizes: Vec<String> = candidates.iter().map(|&i| format!("{}", bundles[i].pool.total())).collect();
+            return Decision::Infeasible(
                 format!(
                     "needs {req} but the placement group's bundle(s) hold {}; ask for less or make bigger bundles",
                     sizes.join(", ")
                 ),
                 true,
-            )
+            );
         }
+        // A bundle whose node died waits until it is placed again (on a grant of another node).
+        for i in candidates {
+            if self.lost_bundles.contains(&(pg, i)) {
+                continue;
+            }
+            let Some(PgEntry { state: PgState::Created(b), .. }) = self.pgs.get_mut(&pg) else { break };
+            let node = b[i].node;
+            let Some(mut a) = b[i].pool.try_allocate(req) else { continue };
+            // On another node the bundle is in its agent's ledger, shared with other drivers.
+            if self.lease(node, &mut a, Some((pg, i)), fx) {
+                return Decision::Alloc(a, AllocFrom::Bundle(pg, i));
+            }
+            if let Some(PgEntry { state: PgState::Created(b), .. }) = self.pgs.get_mut(&pg) {
+                b[i].pool.release(&a);
+            }
+        }
+        Decision::Wait
     }
 
     pub(crate) fn release_alloc(&mut self, alloc: Allocation, from: AllocFrom, cpu_lent: bool, fx: &mut Vec<Effect>) {
@@ -177,10 +190,20 @@ impl NodeState {
                 self.unlease(n, &alloc, fx);
             }
             AllocFrom::Bundle(pg, i) => {
+                let mut node = None;
                 if let Some(PgEntry { state: PgState::Created(b), .. }) = self.pgs.get_mut(&pg) {
-                    if let Some((pool, _, _)) = b.get_mut(i) {
-                        pool.release(&alloc);
+                    if let Some(b) = b.get_mut(i) {
+                        b.pool.release(&alloc);
+                        // The others' share is taken again as far as it is free now.
+                        if !b.pool.external().same_as(&b.others) {
+                            let others = b.others.clone();
+                            b.pool.set_external(&others);
+                        }
+                        node = Some(b.node);
                     }
+                }
+                if let Some(n) = node {
+                    self.unlease(n, &alloc, fx);
                 }
             }
         }
@@ -191,7 +214,7 @@ impl NodeState {
         match from {
             AllocFrom::Node(n) => self.pool_mut(n),
             AllocFrom::Bundle(pg, i) => match self.pgs.get_mut(&pg) {
-                Some(PgEntry { state: PgState::Created(b), .. }) => b.get_mut(i).map(|(p, _, _)| p),
+                Some(PgEntry { state: PgState::Created(b), .. }) => b.get_mut(i).map(|b| &mut b.pool),
                 _ => None,
             },
         }
@@ -529,7 +552,8 @@ impl NodeState {
         if let Some(pool) = self.pool_of(from) {
             pool.release(&part);
         }
-        if let AllocFrom::Node(n) = from {
+        let n = self.node_of(from);
+        if n != LOCAL {
             self.lend_grant(n, a.lease, true, fx);
         }
         self.dirty = true;
@@ -561,7 +585,8 @@ impl NodeState {
         req.set_fixed(CPU, a.resources.get_fixed(CPU));
         let took = self.pool_of(from).and_then(|p| p.try_allocate(&req)).is_some();
         if took {
-            if let AllocFrom::Node(n) = from {
+            let n = self.node_of(from);
+            if n != LOCAL {
                 self.lend_grant(n, a.lease, false, fx);
             }
             if let Some(t) = self.tasks.get_mut(&tid) {
@@ -612,7 +637,27 @@ impl NodeState {
 
     // ---- placement groups ----
 
-    pub(crate) fn create_placement_group(&mut self, spec: PlacementGroupSpec, _fx: &mut Vec<Effect>) -> Result<(), TaskError> {
+    /// Takes a group in (`key`: its name in the nodes' ledgers); it is placed in a scheduling pass.
+    pub(crate) fn create_placement_group(&mut self, spec: PlacementGroupSpec, key: String) -> Result<(), TaskError> {
+        Self::check_pg_spec(&spec)?;
+        if let Some(name) = &spec.name {
+            if let Some(id) = self.pg_named(name) {
+                return Err(TaskError::new(
+                    ErrorKind::Infeasible,
+                    format!("a placement group named `{name}` exists already ({id}); remove it first or pick another name"),
+                ));
+            }
+        }
+        let id = spec.id;
+        self.pg_keys.insert(key.clone(), id);
+        self.pgs.insert(id, PgEntry { spec, state: PgState::Pending, waiters: Vec::new(), key, foreign: None });
+        self.pending_pgs.push_back(id);
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// A group's bundles are valid requests.
+    pub(crate) fn check_pg_spec(spec: &PlacementGroupSpec) -> Result<(), TaskError> {
         if spec.bundles.is_empty() {
             return Err(TaskError::new(ErrorKind::Infeasible, "a placement group needs at least one bundle"));
         }
@@ -625,11 +670,78 @@ impl NodeState {
             }
             ResourcePool::validate_request(b).map_err(|m| TaskError::new(ErrorKind::Infeasible, format!("bundle {i}: {m}")))?;
         }
-        let id = spec.id;
-        self.pgs.insert(id, PgEntry { spec, state: PgState::Pending, waiters: Vec::new() });
-        self.pending_pgs.push_back(id);
-        self.dirty = true;
         Ok(())
+    }
+
+    /// The group named `name` that is not removed (this driver's, or another's found before).
+    pub(crate) fn pg_named(&self, name: &str) -> Option<PlacementGroupId> {
+        self.pgs
+            .iter()
+            .find(|(_, p)| p.spec.name.as_deref() == Some(name) && !matches!(p.state, PgState::Removed))
+            .map(|(id, _)| *id)
+    }
+
+    /// Another driver's group, found by name: its bundles are where its creator placed them
+    /// (`placed`: each bundle's allocation and node, once created).
+    pub(crate) fn add_foreign_pg(&mut self, spec: PlacementGroupSpec, key: String, owner: String) {
+        let id = spec.id;
+        self.pg_keys.insert(key.clone(), id);
+        self.pgs.insert(id, PgEntry { spec, state: PgState::Pending, waiters: Vec::new(), key, foreign: Some(owner) });
+    }
+
+    /// What another driver's group looks like now, as its creator published it: created with
+    /// each bundle's allocation on a node (by name; `None`, or a node this driver does not
+    /// know: the bundle waits), or infeasible.
+    pub(crate) fn update_foreign_pg(
+        &mut self,
+        id: PlacementGroupId,
+        placed: Result<super::pgs::Placed, String>,
+        fx: &mut Vec<Effect>,
+    ) {
+        let by_name: Vec<(String, crate::ids::NodeId)> = self.remote.iter().map(|(n, r)| (r.link.name.clone(), *n)).collect();
+        let Some(pg) = self.pgs.get_mut(&id) else { return };
+        if matches!(pg.state, PgState::Removed) {
+            return;
+        }
+        let placed = match placed {
+            Ok(p) => p,
+            Err(why) => {
+                let e = TaskError::new(ErrorKind::Infeasible, format!("placement group {id} cannot be created: {why}"));
+                for w in pg.waiters.drain(..) {
+                    fx.push(Effect::CompleteUnit(w, Err(e.clone())));
+                }
+                pg.state = PgState::Infeasible(why);
+                self.dirty = true;
+                return;
+            }
+        };
+        let mut lost = Vec::new();
+        let mut bundles: Vec<super::state::PgBundle> = match std::mem::replace(&mut pg.state, PgState::Pending) {
+            PgState::Created(b) => b,
+            _ => Vec::new(),
+        };
+        for (i, (alloc, node)) in placed.into_iter().enumerate() {
+            let n = node.and_then(|name| by_name.iter().find(|(m, _)| *m == name).map(|(_, n)| *n));
+            let Some(n) = n else {
+                lost.push(i);
+                if i >= bundles.len() {
+                    bundles.push(super::state::PgBundle::new(alloc, LOCAL));
+                }
+                continue;
+            };
+            match bundles.get_mut(i) {
+                Some(b) if b.node == n && b.alloc.same_as(&alloc) => {}
+                Some(b) => *b = super::state::PgBundle::new(alloc, n),
+                None => bundles.push(super::state::PgBundle::new(alloc, n)),
+            }
+        }
+        pg.state = PgState::Created(bundles);
+        for w in pg.waiters.drain(..) {
+            fx.push(Effect::CompleteUnit(w, Ok(())));
+        }
+        self.lost_bundles.retain(|(p, _)| *p != id);
+        self.lost_bundles.extend(lost.into_iter().map(|i| (id, i)));
+        self.dirty = true;
     }
 
     fn schedule_placement_groups(&mut self, fx: &mut Vec<Effect>) {
@@ -638,7 +750,7 @@ impl NodeState {
             let Some(pg) = self.pgs.get(&id) else {
                 continue;
             };
-            if !matches!(pg.state, PgState::Pending) {
+            if !matches!(pg.state, PgState::Pending) || pg.foreign.is_some() {
                 continue;
             }
             let view = self.node_views();
@@ -649,24 +761,31 @@ impl NodeState {
                     for (b, n) in bundles.iter().zip(nodes) {
                         // None: not free, or its node's agent is asked for it (the group waits).
                         match self.take_on(n, b, fx) {
-                            Some(a) => made.push((ResourcePool::from_allocation(&a), a, n)),
+                            Some(a) => made.push((a, n)),
                             None => break,
                         }
                     }
                     if made.len() < bundles.len() {
                         // Undo and wait (for a grant; or, which cannot happen, the placement
                         // simulated allocations that did not take).
-                        for (_, a, n) in made {
+                        for (a, n) in made {
                             self.release_alloc(a, AllocFrom::Node(n), false, fx);
                         }
                         still.push_back(id);
                         continue;
                     }
+                    // On other nodes the grants become bundles in the agents' ledgers.
+                    let mut created = Vec::with_capacity(made.len());
+                    for (i, (mut a, n)) in made.into_iter().enumerate() {
+                        self.make_bundle(id, i, n, &mut a, fx);
+                        created.push(super::state::PgBundle::new(a, n));
+                    }
                     let pg = self.pgs.get_mut(&id).expect("checked above");
-                    pg.state = PgState::Created(made);
+                    pg.state = PgState::Created(created);
                     for w in pg.waiters.drain(..) {
                         fx.push(Effect::CompleteUnit(w, Ok(())));
                     }
+                    fx.push(Effect::PublishPg(id));
                     self.dirty = true;
                 }
                 BundlePlacement::Queued => still.push_back(id),
@@ -677,6 +796,7 @@ impl NodeState {
                     for w in pg.waiters.drain(..) {
                         fx.push(Effect::CompleteUnit(w, Err(e.clone())));
                     }
+                    fx.push(Effect::PublishPg(id));
                     self.dirty = true;
                 }
             }
@@ -705,22 +825,51 @@ impl NodeState {
         }
     }
 
-    /// Removes a group: its bundles go back to the node; work placed in them is killed and fails.
+    /// Removes a group (this driver's, or another's found by name, as Ray lets any driver):
+    /// its bundles go back to their nodes; work placed in them is killed and fails.
     pub(crate) fn remove_placement_group(&mut self, id: PlacementGroupId, fx: &mut Vec<Effect>) -> Result<(), TaskError> {
-        let Some(pg) = self.pgs.get_mut(&id) else {
+        if !self.pgs.contains_key(&id) {
             return Err(TaskError::new(ErrorKind::NotFound, format!("placement group {id} does not exist")));
-        };
+        }
+        self.drop_placement_group(id, "it was removed", fx);
+        Ok(())
+    }
+
+    /// The group is gone (`why`): removed here or by another driver, or its creator ended.
+    pub(crate) fn drop_placement_group(&mut self, id: PlacementGroupId, why: &str, fx: &mut Vec<Effect>) {
+        let Some(pg) = self.pgs.get_mut(&id) else { return };
+        if matches!(pg.state, PgState::Removed) {
+            return;
+        }
         let old = std::mem::replace(&mut pg.state, PgState::Removed);
-        let e = TaskError::new(ErrorKind::NotFound, format!("placement group {id} was removed"));
+        let (key, foreign) = (pg.key.clone(), pg.foreign.is_some());
+        let e = TaskError::new(ErrorKind::NotFound, format!("placement group {id} was removed: {why}"));
         for w in pg.waiters.drain(..) {
             fx.push(Effect::CompleteUnit(w, Err(e.clone())));
         }
+        if pg.spec.name.is_some() {
+            fx.push(Effect::UnpublishPg(id));
+        }
         if let PgState::Created(bundles) = old {
-            for (_, a, n) in bundles {
-                self.release_alloc(a, AllocFrom::Node(n), false, fx);
+            let mut nodes: Vec<crate::ids::NodeId> = Vec::new();
+            for b in bundles {
+                // The creator's view of each node gives the bundle back.
+                if !foreign {
+                    self.release_alloc(b.alloc, AllocFrom::Node(b.node), false, fx);
+                }
+                if b.node != LOCAL && !nodes.contains(&b.node) {
+                    nodes.push(b.node);
+                }
+            }
+            for n in nodes {
+                if let Some(r) = self.remote.get(&n) {
+                    fx.push(Effect::Agent(r.link.clone(), crate::protocol::ToAgent::RemoveBundles { pg: key.clone() }));
+                }
             }
         }
-        // Running tasks in the group: no retries, kill their workers.
+        self.lost_bundles.retain(|(p, _)| *p != id);
+        // Running tasks in the group: no retries, kill their workers; their grants go back.
+        self.release_bundle_grants(id, fx);
         let in_group = |from: &AllocFrom| matches!(from, AllocFrom::Bundle(p, _) if *p == id);
         let mut kills = Vec::new();
         for t in self.tasks.values_mut() {
@@ -739,11 +888,10 @@ impl NodeState {
             if let Some(a) = self.actors.get_mut(&aid) {
                 a.alloc = None;
             }
-            let err = TaskError::new(ErrorKind::ActorDied, format!("the actor's placement group {id} was removed"));
+            let err = TaskError::new(ErrorKind::ActorDied, format!("the actor's placement group {id} was removed: {why}"));
             self.mark_actor_dead(aid, err, fx);
         }
         self.dirty = true;
-        Ok(())
     }
 }
 

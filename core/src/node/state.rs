@@ -154,16 +154,37 @@ pub(crate) struct ActorEntry {
 
 pub(crate) enum PgState {
     Pending,
-    /// Each bundle's pool, what it took from its node, and the node.
-    Created(Vec<(ResourcePool, Allocation, NodeId)>),
+    Created(Vec<PgBundle>),
     Infeasible(String),
     Removed,
+}
+
+/// A bundle of a created group, as this driver sees it.
+pub(crate) struct PgBundle {
+    /// What this driver's work takes of the bundle and, as `external`, what other drivers'
+    /// work does (on another node than the driver's, the bundle lives in its agent's ledger).
+    pub pool: ResourcePool,
+    /// What the bundle holds of its node (its creator took it there).
+    pub alloc: Allocation,
+    pub node: NodeId,
+    /// What other drivers' work holds of it, as its node's agent last said.
+    pub others: Allocation,
+}
+
+impl PgBundle {
+    pub(crate) fn new(alloc: Allocation, node: NodeId) -> Self {
+        PgBundle { pool: ResourcePool::from_allocation(&alloc), alloc, node, others: Allocation::default() }
+    }
 }
 
 pub(crate) struct PgEntry {
     pub spec: PlacementGroupSpec,
     pub state: PgState,
     pub waiters: Vec<Promise<Result<(), TaskError>>>,
+    /// The group's key across the cluster (its bundles' name in the nodes' ledgers).
+    pub key: String,
+    /// Another driver's group, found by name: who made it (it places and moves the bundles).
+    pub foreign: Option<String>,
 }
 
 /// The key tasks are queued by: same resources and strategy schedule alike, so one blocked
@@ -203,6 +224,8 @@ pub(crate) struct NodeState {
     pub named: HashMap<(String, String), ActorId>,
     pub pgs: HashMap<PlacementGroupId, PgEntry>,
     pub pending_pgs: VecDeque<PlacementGroupId>,
+    /// Groups by their cluster-wide key.
+    pub pg_keys: HashMap<String, PlacementGroupId>,
     /// Bundles of created groups whose node died, waiting to be placed again.
     pub lost_bundles: Vec<(PlacementGroupId, usize)>,
     /// Finished tasks, newest last, bounded.
@@ -243,6 +266,7 @@ impl NodeState {
             named: HashMap::new(),
             pgs: HashMap::new(),
             pending_pgs: VecDeque::new(),
+            pg_keys: HashMap::new(),
             lost_bundles: Vec::new(),
             history: VecDeque::new(),
             recycled: Vec::new(),
@@ -363,9 +387,11 @@ impl NodeState {
                         strategy: pg.spec.strategy,
                         bundles: pg.spec.bundles.clone(),
                         bundle_gpu_ids: match &pg.state {
-                            PgState::Created(b) => b.iter().map(|(_, a, _)| a.gpu_ids()).collect(),
+                            PgState::Created(b) => b.iter().map(|b| b.alloc.gpu_ids()).collect(),
                             _ => Vec::new(),
                         },
+                        creator: pg.foreign.clone(),
+                        detached: pg.spec.detached,
                     })
                     .collect();
             }

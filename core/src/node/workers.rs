@@ -463,6 +463,7 @@ fn handle_message(node: &Arc<Node>, wid: WorkerId, conn: &Arc<Conn>, msg: ToNode
                         let _ = c.send(&ToWorker::Reply { req, body: Reply::Unit(r.clone()) });
                     });
                 }
+                Request::GetPlacementGroup { name } => reply(Reply::PlacementGroup(node.get_placement_group(&name))),
                 Request::RecycledFile(size) => reply(Reply::Path(node.recycled_file(wid, size))),
                 Request::State(q) => {
                     let snap = node.state(q);
