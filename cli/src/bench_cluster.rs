@@ -2,7 +2,9 @@
 //! `TestCluster` started from this binary), this process as the driver that joins them.
 //! Measures object transfer between nodes (a driver-owned object pulled by a task on a node
 //! agent's worker; and node to node: a result made on `n1`, which stays there, pulled by a
-//! task on `n2` straight from `n1`'s agent) and task throughput on one node against two.
+//! task on `n2` straight from `n1`'s agent) and task throughput on one node against two, and
+//! in a placement group with a bundle on each node (work in a bundle runs under grants taken
+//! from it in the node agents' ledgers).
 
 use flare::cluster_utils::TestCluster;
 use flare::{Buffer, Config, SchedulingStrategy};
@@ -85,6 +87,11 @@ pub fn run(size: u64, rounds: usize, tasks: usize) -> anyhow::Result<serde_json:
     };
     let one = rate(Some(on(n1)))?;
     let two = rate(None)?;
+    let pg =
+        flare::placement_group(&[flare::Bundle::cpus(2.0), flare::Bundle::cpus(2.0)], flare::PlacementStrategy::StrictSpread)?;
+    anyhow::ensure!(pg.wait(t)?, "the placement group was not created");
+    let in_pg = rate(Some(pg.bundle(None)))?;
+    flare::remove_placement_group(&pg)?;
     flare::shutdown();
     drop(c);
     let pull = median(pull_s);
@@ -101,5 +108,7 @@ pub fn run(size: u64, rounds: usize, tasks: usize) -> anyhow::Result<serde_json:
         "tasks_per_s_one_node": one,
         "tasks_per_s_two_nodes": two,
         "two_over_one": two / one,
+        "tasks_per_s_placement_group": in_pg,
+        "placement_group_over_two_nodes": in_pg / two,
     }))
 }
