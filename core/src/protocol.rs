@@ -80,12 +80,39 @@ pub enum ToNode {
 /// Node to worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToWorker {
-    Execute { task_id: TaskId, name: String, args: Vec<Payload>, gpu_ids: Vec<u32>, attempt: u32 },
-    CreateActor { actor_id: ActorId, class: String, args: Vec<Payload>, gpu_ids: Vec<u32>, max_concurrency: u32, is_async: bool },
-    CallActor { task_id: TaskId, method: String, args: Vec<Payload> },
-    Reply { req: u64, body: Reply },
-    Cancel { task_id: TaskId },
+    Execute {
+        task_id: TaskId,
+        name: String,
+        args: Vec<Payload>,
+        gpu_ids: Vec<u32>,
+        attempt: u32,
+    },
+    CreateActor {
+        actor_id: ActorId,
+        class: String,
+        args: Vec<Payload>,
+        gpu_ids: Vec<u32>,
+        max_concurrency: u32,
+        is_async: bool,
+    },
+    CallActor {
+        task_id: TaskId,
+        method: String,
+        args: Vec<Payload>,
+    },
+    Reply {
+        req: u64,
+        body: Reply,
+    },
+    Cancel {
+        task_id: TaskId,
+    },
     Exit,
+    /// To the driver that owns a named actor, from another driver's link to it: kill the actor
+    /// (`flare::kill` there), restarting it unless `no_restart`.
+    KillActor {
+        no_restart: bool,
+    },
 }
 
 /// The first frame on a TCP connection to a node's cluster port (a driver's node, or a node

@@ -495,6 +495,8 @@ fn run(endpoint: Endpoint, wid: WorkerId, shm: PathBuf) -> ! {
                     }
                 }
                 ToWorker::Exit => std::process::exit(0),
+                // Only for a link to another driver's actor.
+                ToWorker::KillActor { .. } => {}
             },
             Ok(None) | Err(_) => std::process::exit(0),
         }

@@ -421,11 +421,16 @@ impl NodeState {
         let Some(a) = self.actors.get(&aid) else {
             return Err(TaskError::new(ErrorKind::NotFound, format!("{aid} does not exist")));
         };
-        if let Some(owner) = &a.owner {
-            return Err(TaskError::new(
-                ErrorKind::System,
-                format!("actor {} belongs to {owner}; kill it from that driver", a.spec.name.as_deref().unwrap_or_default()),
-            ));
+        // Another driver's actor: its owner kills it (and restarts it unless `no_restart`).
+        if a.owner.is_some() {
+            let conn = a.worker.and_then(|w| self.workers.get(&w)).and_then(|w| w.conn.clone());
+            let Some(conn) = conn.filter(|_| a.state != ActorState::Dead) else {
+                return Err(TaskError::new(ErrorKind::ActorDied, format!("{aid} is dead already")));
+            };
+            fx.push(Effect::Send(conn, ToWorker::KillActor { no_restart }));
+            if !no_restart {
+                return Ok(());
+            }
         }
         if no_restart {
             let class = short_class(&a.spec.class).to_string();

@@ -10,7 +10,7 @@
 //! (it dies, without restarts, when the owner goes). On the owner's side ([`serve_actor_peer`])
 //! each call arrives as the worker protocol's `CallActor`, is submitted to the owner's own
 //! actor, and its result goes back as `TaskDone`; large arguments are pulled from the caller's
-//! store first.
+//! store first. `flare::kill` on the caller's side sends `KillActor`: the owner kills its actor.
 
 use super::state::{ActorEntry, Refs, Role, WorkerEntry, WorkerStatus, LOCAL};
 use super::Node;
@@ -351,6 +351,12 @@ pub(crate) fn serve_actor_peer(node: Arc<Node>, mut s: TcpStream, actor_id: Acto
                         n.remove_ref(WorkerId::DRIVER, RefKey::Object(id));
                     }
                 });
+            }
+            ToWorker::KillActor { no_restart } => {
+                tracing::info!(actor = %actor_id, "another driver kills this driver's named actor");
+                if let Err(e) = node.kill_actor(actor_id, no_restart) {
+                    tracing::warn!(actor = %actor_id, "killing it for another driver: {e}");
+                }
             }
             ToWorker::Exit => break,
             _ => {}

@@ -95,8 +95,18 @@ impl Node {
                 200 => return Ok(()),
                 409 => {
                     let holder: Option<PgRecord> = serde_json::from_slice(&r.body).ok();
+                    // This driver's own entry is live while its group is (a group removed a
+                    // moment ago may not have had its entry deleted yet).
                     let live = holder.as_ref().is_none_or(|h| {
-                        h.detached || h.driver_pid == std::process::id() || super::peers::driver_is_live(&h.address)
+                        if h.address == ctx.worker_addr {
+                            let st = self.lock();
+                            st.pg_keys
+                                .get(&h.key)
+                                .and_then(|id| st.pgs.get(id))
+                                .is_some_and(|p| !matches!(p.state, PgState::Removed))
+                        } else {
+                            h.detached || super::peers::driver_is_live(&h.address)
+                        }
                     });
                     if live {
                         let who = match &holder {
@@ -109,7 +119,8 @@ impl Node {
                             format!("a placement group named `{name}` exists already in namespace `{ns}` ({who}); pick another name or look it up with flare::get_placement_group"),
                         ));
                     }
-                    // Its driver is gone and it was not detached: the name is free again.
+                    // Its driver is gone and it was not detached (or it is this driver's, and
+                    // removed): the name is free again.
                     let _ = ctx.head.request("DELETE", &path, None);
                 }
                 _ => {
@@ -123,7 +134,8 @@ impl Node {
     /// Writes a named group's entry in the head's table as it is now, from a thread of its own
     /// (entries are written one at a time, each with the state of when it is written).
     pub(crate) fn publish_pg(&self, id: PlacementGroupId) {
-        if self.cluster.get().is_none() {
+        let named = self.lock().pgs.get(&id).is_some_and(|p| p.spec.name.is_some() && p.foreign.is_none());
+        if self.cluster.get().is_none() || !named {
             return;
         }
         let Some(me) = self.me.upgrade() else { return };

@@ -139,7 +139,8 @@ impl NodeState {
             None => (0..n).collect(),
         };
         if let Some(why) = &entry.foreign {
-            if let Some(&i) = candidates.iter().find(|&&i| bundles[i].node == LOCAL) {
+            let lost = &self.lost_bundles;
+            if let Some(&i) = candidates.iter().find(|&&i| bundles[i].node == LOCAL && !lost.contains(&(pg, i))) {
                 return Decision::Infeasible(
                     format!("bundle {i} of placement group {pg} is on the own node of {why}; only that driver places work in it"),
                     true,
@@ -721,7 +722,11 @@ impl NodeState {
             _ => Vec::new(),
         };
         for (i, (alloc, node)) in placed.into_iter().enumerate() {
-            let n = node.and_then(|name| by_name.iter().find(|(m, _)| *m == name).map(|(_, n)| *n));
+            // `None`: on its creator's own node (work from here cannot go there).
+            let n = match node {
+                None => Some(LOCAL),
+                Some(name) => by_name.iter().find(|(m, _)| *m == name).map(|(_, n)| *n),
+            };
             let Some(n) = n else {
                 lost.push(i);
                 if i >= bundles.len() {
