@@ -544,6 +544,10 @@ impl Tally {
         self.n += data.len() as u64;
         self.n
     }
+    /// `n` bytes of a known pattern (a large result travels as a file).
+    fn bytes(&self, n: u64) -> Buffer {
+        Buffer::from((0..n).map(|i| (i as u8).wrapping_mul(13)).collect::<Vec<u8>>())
+    }
 }
 
 /// The owner in `a_named_actor_is_called_from_another_driver`, run as a child process of
@@ -587,6 +591,10 @@ fn a_named_actor_is_called_from_another_driver() {
     // A 3 MiB argument (a file in this driver's store) reaches the owner's actor.
     let big = Buffer::from(vec![7u8; 3 << 20]);
     assert_eq!(t.absorb(big).get_timeout(Duration::from_secs(30)).unwrap(), 3 + (3 << 20));
+    // A 100 MiB result (over the largest frame) comes back as a file pulled from the owner.
+    let got = t.bytes(100 << 20).get_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(got.len(), 100 << 20);
+    assert!(got.iter().enumerate().all(|(i, b)| *b == (i as u8).wrapping_mul(13)), "the result's bytes changed on the way");
     // Calls keep their order.
     let refs: Vec<_> = (0..20).map(|_| t.add(1)).collect();
     let got: Vec<u64> = refs.into_iter().map(|r| r.get_timeout(Duration::from_secs(30)).unwrap()).collect();

@@ -113,6 +113,11 @@ pub enum ToWorker {
     KillActor {
         no_restart: bool,
     },
+    /// To the driver that owns a named actor: the result file of call `task_id` was pulled
+    /// from it, and may go.
+    Fetched {
+        task_id: TaskId,
+    },
 }
 
 /// The first frame on a TCP connection to a node's cluster port (a driver's node, or a node

@@ -496,7 +496,7 @@ fn run(endpoint: Endpoint, wid: WorkerId, shm: PathBuf) -> ! {
                 }
                 ToWorker::Exit => std::process::exit(0),
                 // Only for a link to another driver's actor.
-                ToWorker::KillActor { .. } => {}
+                ToWorker::KillActor { .. } | ToWorker::Fetched { .. } => {}
             },
             Ok(None) | Err(_) => std::process::exit(0),
         }

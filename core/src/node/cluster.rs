@@ -754,7 +754,14 @@ fn serve_tcp(node: Arc<Node>, mut s: TcpStream) {
                 return;
             };
             let (Ok(w), Ok(r)) = (s.try_clone(), s.try_clone()) else { return };
-            super::workers::serve_connection(node.clone(), worker_id, pid, Arc::new(Conn::new(w)), Receiver::new(r), Some(link));
+            super::workers::serve_connection(
+                node.clone(),
+                worker_id,
+                pid,
+                Arc::new(Conn::new(w)),
+                Receiver::new(r),
+                super::workers::Via::Agent(link),
+            );
         }
         Hello::Pull { token, path, offset, len, .. } if crate::transfer::token_ok(&token, &ctx.token) => {
             // Objects this driver owns stay where they are (`consume` is for results moving here).

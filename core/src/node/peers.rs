@@ -10,14 +10,17 @@
 //! (it dies, without restarts, when the owner goes). On the owner's side ([`serve_actor_peer`])
 //! each call arrives as the worker protocol's `CallActor`, is submitted to the owner's own
 //! actor, and its result goes back as `TaskDone`; large arguments are pulled from the caller's
-//! store first. `flare::kill` on the caller's side sends `KillActor`: the owner kills its actor.
+//! store first. A result that is a file goes back as its path: the caller pulls it into its
+//! own store ([`fetch_peer_result`]) and says `Fetched`, and the owner drops its reference
+//! then (or when the caller goes). `flare::kill` on the caller's side sends `KillActor`: the
+//! owner kills its actor.
 
 use super::state::{ActorEntry, Refs, Role, WorkerEntry, WorkerStatus, LOCAL};
 use super::Node;
 use crate::codec::{Arg, Payload, RefKey};
 use crate::error::{ErrorKind, TaskError};
 use crate::ids::{ActorId, ObjectId, WorkerId};
-use crate::protocol::{read_frame, write_frame, Conn, FromAgent, Hello, Receiver, ToNode, ToWorker, MAX_FRAME};
+use crate::protocol::{read_frame, write_frame, Conn, FromAgent, Hello, Receiver, ToNode, ToWorker};
 use crate::spec::{ActorCallSpec, ActorSpec};
 use crate::state::ActorState;
 use serde::{Deserialize, Serialize};
@@ -28,8 +31,6 @@ use std::time::Duration;
 
 /// Where the head's KV keeps named actors' claims.
 pub(crate) const ACTOR_PREFIX: &str = "__flare_actors/";
-/// The largest call result that goes back to another driver (it travels in one frame).
-const MAX_PEER_RESULT: u64 = MAX_FRAME as u64 - (1 << 20);
 
 /// A named actor's entry in the head's directory.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -233,11 +234,13 @@ impl Node {
             wid
         });
         let node = self.clone();
+        let address = claim.address.clone();
         std::thread::Builder::new()
             .name("flare-actor-peer".into())
             .spawn(move || {
                 // The connection is the actor's worker: `CreateActor` is its handshake, then calls.
-                super::workers::serve_connection(node.clone(), wid, 0, Arc::new(Conn::new(w)), Receiver::new(r), None);
+                let via = super::workers::Via::Peer(address);
+                super::workers::serve_connection(node.clone(), wid, 0, Arc::new(Conn::new(w)), Receiver::new(r), via);
                 node.with_state(|st, fx| st.worker_died(wid, "the driver that owns it is gone", fx));
             })
             .map_err(|e| system(e.to_string()))?;
@@ -246,16 +249,29 @@ impl Node {
     }
 }
 
-/// The bytes of an object file, pulled first when it is on another node.
-fn read_file_anywhere(id: ObjectId, path: &str) -> std::io::Result<Vec<u8>> {
-    match crate::transfer::localize(id, path)? {
-        Some(copy) => {
-            let bytes = std::fs::read(&copy);
-            let _ = std::fs::remove_file(&copy);
-            bytes
+/// On the caller's side of a link to another driver's actor: a call's result that is a file
+/// (in the owner's store, or on a node of the owner's) is pulled into this driver's store
+/// before the call completes here, and the owner is told it may let it go.
+pub(crate) fn fetch_peer_result(node: &Node, owner: &str, conn: &Conn, msg: ToNode) -> ToNode {
+    let ToNode::TaskDone { task_id, result: Ok((Payload::File { path, size, .. }, refs)) } = msg else { return msg };
+    let Some(ctx) = node.cluster.get() else {
+        return ToNode::TaskDone {
+            task_id,
+            result: Ok((Payload::File { id: ObjectId::for_return(task_id, 0), path, size }, refs)),
+        };
+    };
+    let id = ObjectId::for_return(task_id, 0);
+    let dest = crate::store::object_file(&node.session.shm_dir, id);
+    let (from, there) = crate::transfer::split_remote(&path).unwrap_or((owner, &path));
+    let pulled = crate::transfer::pull(from, &ctx.token, there, false, &dest);
+    let _ = conn.send(&ToWorker::Fetched { task_id });
+    let result = match pulled {
+        Ok(_) => Ok((Payload::File { id, path: dest.to_string_lossy().into_owned(), size }, refs)),
+        Err(e) => {
+            Err(TaskError::new(ErrorKind::ObjectLost, format!("fetching the result ({size} bytes) from the actor's driver: {e}")))
         }
-        None => std::fs::read(path),
-    }
+    };
+    ToNode::TaskDone { task_id, result }
 }
 
 /// Serves another driver's calls on this driver's named actor `actor_id` over `s`, speaking
@@ -279,6 +295,10 @@ pub(crate) fn serve_actor_peer(node: Arc<Node>, mut s: TcpStream, actor_id: Acto
     let mut rx = Receiver::new(r);
     let Some(ctx) = node.cluster.get() else { return };
     let Ok(rt) = crate::runtime::runtime() else { return };
+    // File results sent and not yet pulled by the caller, by its call id (`None` once the
+    // caller is gone).
+    let held: Arc<Mutex<Option<std::collections::HashMap<crate::ids::TaskId, ObjectId>>>> =
+        Arc::new(Mutex::new(Some(Default::default())));
     while let Ok(Some(msg)) = rx.recv::<ToWorker>() {
         match msg {
             ToWorker::CreateActor { actor_id: theirs, .. } => {
@@ -331,22 +351,19 @@ pub(crate) fn serve_actor_peer(node: Arc<Node>, mut s: TcpStream, actor_id: Acto
                 let ret = spec.return_id();
                 node.submit_actor_task(WorkerId::DRIVER, spec);
                 let (c, n) = (conn.clone(), node.clone());
+                let held = held.clone();
                 node.get(WorkerId::DRIVER, ret).on_complete(move |r| {
                     let result = match r {
-                        Ok(d) => match d.to_payload() {
-                            Payload::File { path, size, .. } if size > MAX_PEER_RESULT => Err(TaskError::new(
-                                ErrorKind::System,
-                                format!("the result ({size} bytes at {path}) is over the {MAX_PEER_RESULT} bytes a call from another driver takes back"),
-                            )),
-                            Payload::File { id, path, .. } => read_file_anywhere(id, &path)
-                                .map(|v| (Payload::Inline(v), Vec::new()))
-                                .map_err(|e| TaskError::new(ErrorKind::ObjectLost, format!("reading the result {path}: {e}"))),
-                            p => Ok((p, Vec::new())),
-                        },
+                        Ok(d) => Ok((d.to_payload(), Vec::new())),
                         Err(e) => Err(e.clone()),
                     };
+                    // A file result stays until the caller pulled it (`Fetched`).
+                    let file = matches!(result, Ok((Payload::File { .. }, _)))
+                        && held.lock().unwrap_or_else(|p| p.into_inner()).as_mut().map(|h| h.insert(theirs, ret)).is_some();
                     let _ = c.send(&ToNode::TaskDone { task_id: theirs, result });
-                    n.remove_ref(WorkerId::DRIVER, RefKey::Object(ret));
+                    if !file {
+                        n.remove_ref(WorkerId::DRIVER, RefKey::Object(ret));
+                    }
                     for id in put {
                         n.remove_ref(WorkerId::DRIVER, RefKey::Object(id));
                     }
@@ -358,8 +375,19 @@ pub(crate) fn serve_actor_peer(node: Arc<Node>, mut s: TcpStream, actor_id: Acto
                     tracing::warn!(actor = %actor_id, "killing it for another driver: {e}");
                 }
             }
+            ToWorker::Fetched { task_id } => {
+                let ret = held.lock().unwrap_or_else(|p| p.into_inner()).as_mut().and_then(|h| h.remove(&task_id));
+                if let Some(ret) = ret {
+                    node.remove_ref(WorkerId::DRIVER, RefKey::Object(ret));
+                }
+            }
             ToWorker::Exit => break,
             _ => {}
         }
+    }
+    // The caller is gone: what it did not pull goes.
+    let left = held.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
+    for (_, ret) in left {
+        node.remove_ref(WorkerId::DRIVER, RefKey::Object(ret));
     }
 }

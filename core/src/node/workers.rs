@@ -388,19 +388,22 @@ fn serve_worker(node: Arc<Node>, stream: UnixStream) {
         _ => return,
     };
     let _ = stream.set_read_timeout(None);
-    serve_connection(node, wid, pid, conn, rx, None);
+    serve_connection(node, wid, pid, conn, rx, Via::Local);
 }
 
 /// Serves a registered worker's connection until it closes; `remote` is the agent that runs
 /// it when it is on another node.
-pub(crate) fn serve_connection(
-    node: Arc<Node>,
-    wid: WorkerId,
-    pid: u32,
-    conn: Arc<Conn>,
-    mut rx: Receiver,
-    remote: Option<Arc<super::cluster::AgentLink>>,
-) {
+/// How a worker connection reaches this node.
+pub(crate) enum Via {
+    /// A local worker (Unix socket).
+    Local,
+    /// A worker a node agent started (TCP).
+    Agent(Arc<super::cluster::AgentLink>),
+    /// Another driver that owns a named actor (TCP to its cluster port, here).
+    Peer(String),
+}
+
+pub(crate) fn serve_connection(node: Arc<Node>, wid: WorkerId, pid: u32, conn: Arc<Conn>, mut rx: Receiver, via: Via) {
     let flag = node.lock().workers.get(&wid).map(|w| w.flag.clone());
     if let Some(f) = &flag {
         f.set(1);
@@ -409,9 +412,10 @@ pub(crate) fn serve_connection(
     loop {
         match rx.recv::<ToNode>() {
             Ok(Some(msg)) => {
-                let msg = match &remote {
-                    Some(link) => super::cluster::localize_message(&node, link, &conn, msg),
-                    None => Some(msg),
+                let msg = match &via {
+                    Via::Agent(link) => super::cluster::localize_message(&node, link, &conn, msg),
+                    Via::Peer(owner) => Some(super::peers::fetch_peer_result(&node, owner, &conn, msg)),
+                    Via::Local => Some(msg),
                 };
                 if let Some(msg) = msg {
                     handle_message(&node, wid, &conn, msg);
