@@ -16,8 +16,20 @@ fn flare_bin() -> &'static str {
     env!("CARGO_BIN_EXE_flare")
 }
 
-fn join(c: &TestCluster) {
+/// This process's runtime, shut down when the test ends, passed or not (a failed test must not
+/// leave the next one a runtime joined to a cluster that is gone).
+struct Joined;
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        flare::shutdown();
+    }
+}
+
+#[must_use = "the runtime is shut down when this is dropped"]
+fn join(c: &TestCluster) -> Joined {
     flare::init_with(Config::new().address(&c.address).token(&c.token).log_to_driver(false)).expect("joining the test cluster");
+    Joined
 }
 
 /// The node this worker runs on, as its agent named it.
@@ -76,7 +88,7 @@ fn work_spills_to_nodes_spreads_and_moves_objects() {
     let mut c = TestCluster::start(flare_bin(), 1.0).unwrap();
     c.add_node("n1", 2.0, 0.0, &[]).unwrap();
     c.add_node("n2", 2.0, 0.0, &[("special", 1.0)]).unwrap();
-    join(&c);
+    let _joined = join(&c);
     let nodes = flare::nodes().unwrap();
     let mut names: Vec<_> = nodes.iter().map(|n| n.name.clone()).collect();
     names.sort();
@@ -239,7 +251,7 @@ fn a_killed_node_s_tasks_retry_and_its_actors_restart_elsewhere() {
     let mut c = TestCluster::start(flare_bin(), 0.0).unwrap();
     c.add_node("a", 2.0, 0.0, &[]).unwrap();
     c.add_node("b", 2.0, 0.0, &[]).unwrap();
-    join(&c);
+    let _joined = join(&c);
 
     // An actor, then the node it lives on dies: it restarts on the other node.
     let w = Where::remote().num_cpus(1.0).max_restarts(1).spawn().unwrap();
@@ -324,7 +336,7 @@ fn work_goes_on_while_the_head_restarts() {
     let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
     let mut c = TestCluster::start(flare_bin(), 0.0).unwrap();
     c.add_node("w1", 2.0, 0.0, &[]).unwrap();
-    join(&c);
+    let _joined = join(&c);
     let k = Keeper::remote().num_cpus(1.0).name("keeper").spawn().unwrap();
     assert_eq!(k.add(1).get_timeout(Duration::from_secs(60)).unwrap(), 1);
     // The head shows what the driver holds on each node and what waits for resources: the
@@ -375,7 +387,7 @@ fn a_placement_group_bundle_moves_off_a_dead_node() {
     for n in ["p1", "p2", "p3"] {
         c.add_node(n, 1.0, 0.0, &[]).unwrap();
     }
-    join(&c);
+    let _joined = join(&c);
     let pg = flare::placement_group(&[Bundle::cpus(1.0), Bundle::cpus(1.0)], PlacementStrategy::StrictSpread).unwrap();
     assert!(pg.wait(Duration::from_secs(10)).unwrap());
     let w = Where::remote().num_cpus(1.0).max_restarts(1).scheduling_strategy(pg.bundle(Some(0))).spawn().unwrap();
@@ -488,7 +500,7 @@ fn two_drivers_share_a_node_without_oversubscribing_it() {
         child
     };
     let mut a = other("a");
-    join(&c);
+    let _joined = join(&c);
     // This driver's view of n1 shows what the other holds: 1 of 2 CPUs and no GPU free.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -583,7 +595,7 @@ fn a_named_actor_is_called_from_another_driver() {
     let mut owner = other_driver("other_driver_owning_a_named_actor", "FLARE_TEST_ACTOR_OWNER", &spec);
     let owner_pid = std::fs::read_to_string(&ready).unwrap();
     std::fs::remove_file(&ready).unwrap();
-    join(&c);
+    let _joined = join(&c);
 
     // Found by name through the head's directory, and called: the owner's actor state.
     let t = flare::get_actor::<Tally>("shared").unwrap();
@@ -707,7 +719,7 @@ fn a_placement_group_is_shared_between_drivers() {
     let said = std::fs::read_to_string(&ready).unwrap();
     let (owner_pid, bundle1_node) = said.split_once(' ').unwrap();
     assert_ne!(bundle1_node, "n1", "STRICT_SPREAD puts the CPU bundle on another node than the GPU one");
-    join(&c);
+    let _joined = join(&c);
 
     // Found by name through the head's table; the name is taken cluster-wide.
     let pg = flare::get_placement_group("shared").unwrap();
@@ -730,6 +742,11 @@ fn a_placement_group_is_shared_between_drivers() {
     // The node under bundle 1 dies: its creator places the bundle again, on the one node
     // left that holds no bundle of the group, and this driver follows (the head's table).
     c.kill_node(bundle1_node).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while flare::nodes().unwrap().iter().any(|n| n.name == bundle1_node) {
+        assert!(Instant::now() < deadline, "the driver never saw {bundle1_node} die");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let third = if bundle1_node == "n2" { "n3" } else { "n2" };
     let moved = where_am_i::options().num_cpus(1.0).scheduling_strategy(pg.bundle(Some(1))).remote(0);
     assert_eq!(moved.get_timeout(Duration::from_secs(60)).unwrap(), third);
@@ -947,7 +964,7 @@ fn a_job_s_entrypoint_holds_its_gpu_against_drivers() {
     let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
     let mut c = TestCluster::start(flare_bin(), 0.0).unwrap();
     c.add_node("n1", 1.0, 1.0, &[]).unwrap();
-    join(&c);
+    let _joined = join(&c);
     let hc = c.client();
     // A driver's actor holds n1's GPU: a job that needs it waits, saying why.
     let h = GpuHolder::remote().num_cpus(0.0).num_gpus(1.0).spawn().unwrap();

@@ -188,7 +188,6 @@ impl NodeState {
         if n == LOCAL {
             return true;
         }
-        let key = bundle.and_then(|(pg, _)| self.pgs.get(&pg).map(|p| p.key.clone()));
         let Some(r) = self.remote.get_mut(&n) else { return false };
         if let Some(g) = r.grants.iter_mut().find(|g| !g.busy && g.bundle == bundle && g.alloc.same_as(alloc)) {
             g.busy = true;
@@ -200,6 +199,7 @@ impl NodeState {
             let lease = self.next_lease;
             let mut want = alloc.clone();
             want.lease = lease;
+            let key = bundle.and_then(|(pg, _)| self.pgs.get(&pg).map(|p| p.key.clone()));
             let msg = match (bundle, key) {
                 (Some((_, i)), Some(pg)) => ToAgent::AcquireIn { lease, alloc: want.clone(), pg, index: i as u32 },
                 (Some(_), None) => return false,
