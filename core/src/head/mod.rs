@@ -1,10 +1,12 @@
 //! The head: the cluster's control store and its HTTP API.
 //!
-//! Today the head serves Ray's Jobs REST API (so `ray job submit` and `JobSubmissionClient`
-//! work against it unchanged), a key-value store, cluster status and Prometheus metrics, all
-//! behind the cluster token, and keeps its state in an embedded database (redb) in the session
-//! directory, so a head restarted on the same directory lists the same jobs and keys.
-//! Node agents joining over gRPC are not here yet (see ARCHITECTURE.md, "Not yet").
+//! The head serves Ray's Jobs REST API (so `ray job submit` and `JobSubmissionClient` work
+//! against it unchanged), a key-value store, cluster status and Prometheus metrics over HTTP,
+//! and the node table over gRPC (node agents register and heartbeat, [`rpc`]), all behind
+//! the cluster token, and keeps its state in an embedded database (redb) in the session
+//! directory, so a head restarted on the same directory lists the same jobs and keys. The KV
+//! also holds the cluster's named-actor directory, its named placement groups
+//! ([`PG_PREFIX`]) and what each driver publishes of its state ([`STATE_PREFIX`]).
 //!
 //! Session directory layout: `token` (0600), `head.json` (pid and addresses, written once the
 //! head serves), `head.redb`, `packages/<protocol>/<name>` (uploaded working dirs),
