@@ -78,6 +78,26 @@ impl Where {
     }
 }
 
+/// Waits (at most 10 s) until this driver no longer lists node `name` (it saw it die).
+fn wait_until_gone(name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while flare::nodes().unwrap().iter().any(|n| n.name == name) {
+        assert!(Instant::now() < deadline, "the driver never saw {name} die");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `flare list KIND --json` against the test cluster, parsed.
+fn flare_list(c: &TestCluster, kind: &str) -> serde_json::Value {
+    let out = std::process::Command::new(flare_bin())
+        .args(["list", kind, "--json", "--address", &c.address])
+        .env("FLARE_TOKEN", &c.token)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn node_id(name: &str) -> flare::ids::NodeId {
     flare::nodes().unwrap().into_iter().find(|n| n.name == name).unwrap_or_else(|| panic!("no node {name}")).node_id
 }
@@ -297,13 +317,7 @@ fn a_killed_node_s_tasks_retry_and_its_actors_restart_elsewhere() {
     // `flare list actors` shows the actor, on its current node, from the driver's published state.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let out = std::process::Command::new(flare_bin())
-            .args(["list", "actors", "--json", "--address", &c.address])
-            .env("FLARE_TOKEN", &c.token)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let rows = flare_list(&c, "actors");
         let mine = rows.as_array().unwrap().iter().find(|r| r["class"].as_str().is_some_and(|c| c.ends_with("Where"))).cloned();
         if let Some(r) = mine.filter(|r| r["node_name"] == after.as_str()) {
             assert_eq!(r["driver_pid"], std::process::id());
@@ -396,11 +410,7 @@ fn a_placement_group_bundle_moves_off_a_dead_node() {
         where_am_i::options().scheduling_strategy(pg.bundle(Some(1))).remote(0).get_timeout(Duration::from_secs(60)).unwrap();
     assert_ne!(first, other, "STRICT_SPREAD");
     c.kill_node(&first).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while flare::nodes().unwrap().iter().any(|n| n.name == first) {
-        assert!(Instant::now() < deadline, "the driver never saw {first} die");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_gone(&first);
     // Bundle 0 moves to the one node that is neither dead nor bundle 1's; the actor restarts there.
     let third = ["p1", "p2", "p3"].into_iter().find(|n| *n != first && *n != other).unwrap();
     assert_eq!(w.node().get_timeout(Duration::from_secs(60)).unwrap(), third);
@@ -742,11 +752,7 @@ fn a_placement_group_is_shared_between_drivers() {
     // The node under bundle 1 dies: its creator places the bundle again, on the one node
     // left that holds no bundle of the group, and this driver follows (the head's table).
     c.kill_node(bundle1_node).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while flare::nodes().unwrap().iter().any(|n| n.name == bundle1_node) {
-        assert!(Instant::now() < deadline, "the driver never saw {bundle1_node} die");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_gone(bundle1_node);
     let third = if bundle1_node == "n2" { "n3" } else { "n2" };
     let moved = where_am_i::options().num_cpus(1.0).scheduling_strategy(pg.bundle(Some(1))).remote(0);
     assert_eq!(moved.get_timeout(Duration::from_secs(60)).unwrap(), third);
@@ -767,13 +773,7 @@ fn a_placement_group_is_shared_between_drivers() {
     let kept = flare::get_placement_group("kept").unwrap();
     assert!(kept.wait(Duration::from_secs(10)).unwrap());
     // `flare list placement-groups` shows it from the head's table (no live driver lists it).
-    let out = std::process::Command::new(flare_bin())
-        .args(["list", "placement-groups", "--json", "--address", &c.address])
-        .env("FLARE_TOKEN", &c.token)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = flare_list(&c, "placement-groups");
     let row = rows.as_array().unwrap().iter().find(|r| r["name"] == "kept").cloned();
     assert!(row.as_ref().is_some_and(|r| r["detached"] == true && r["creator"] == "gone"), "{rows}");
     let there = where_am_i::options().num_cpus(0.5).scheduling_strategy(kept.bundle(None)).remote(0);

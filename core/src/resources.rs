@@ -357,6 +357,14 @@ impl ResourcePool {
         self.external = took;
     }
 
+    /// Takes `others` again after this pool's owner gave something back, if the last
+    /// [`set_external`](Self::set_external) could not take all of it (it was in use here).
+    pub fn retake_external(&mut self, others: &Allocation) {
+        if !self.external.same_as(others) {
+            self.set_external(others);
+        }
+    }
+
     /// What others hold in this pool, as [`set_external`](Self::set_external) took it.
     pub fn external(&self) -> &Allocation {
         &self.external

@@ -192,6 +192,18 @@ const MAX_GRANTS: usize = 1 << 16;
 /// The longest placement-group key taken.
 const MAX_PG_KEY: usize = 512;
 
+/// The pool a grant was taken from: its bundle's, while the bundle is here, else the node's.
+fn source<'a>(
+    node: &'a mut ResourcePool,
+    bundles: &'a mut HashMap<BundleKey, LedgerBundle>,
+    bundle: Option<&BundleKey>,
+) -> &'a mut ResourcePool {
+    match bundle.and_then(|k| bundles.get_mut(k)) {
+        Some(b) => &mut b.pool,
+        None => node,
+    }
+}
+
 /// `alloc` less `lent` CPUs.
 fn without_lent(alloc: &Allocation, lent: u64) -> Allocation {
     let mut a = alloc.clone();
@@ -269,11 +281,7 @@ impl Ledger {
 
     /// Gives a grant's resources back to where they were taken from.
     fn give_back(&mut self, g: LedgerGrant) {
-        let a = without_lent(&g.alloc, g.lent);
-        match g.bundle.as_ref().and_then(|k| self.bundles.get_mut(k)) {
-            Some(b) => b.pool.release(&a),
-            None => self.pool.release(&a),
-        }
+        source(&mut self.pool, &mut self.bundles, g.bundle.as_ref()).release(&without_lent(&g.alloc, g.lent));
     }
 
     /// Removes every bundle of group `pg` here: what no grant holds goes back to the node, the
@@ -402,10 +410,7 @@ impl Ledger {
                         let mut part = Allocation::default();
                         part.resources.set_fixed(CPU, g.alloc.resources.get_fixed(CPU));
                         g.lent = part.resources.get_fixed(CPU);
-                        match g.bundle.as_ref().and_then(|k| self.bundles.get_mut(k)) {
-                            Some(b) => b.pool.release(&part),
-                            None => self.pool.release(&part),
-                        }
+                        source(&mut self.pool, &mut self.bundles, g.bundle.as_ref()).release(&part);
                     }
                 }
             }
@@ -413,11 +418,7 @@ impl Ledger {
                 if let Some(g) = self.grants.get_mut(&(me, lease)) {
                     let mut part = Allocation::default();
                     part.resources.set_fixed(CPU, g.lent);
-                    let pool = match g.bundle.as_ref().and_then(|k| self.bundles.get_mut(k)) {
-                        Some(b) => &mut b.pool,
-                        None => &mut self.pool,
-                    };
-                    if g.lent > 0 && pool.try_take(&part) {
+                    if g.lent > 0 && source(&mut self.pool, &mut self.bundles, g.bundle.as_ref()).try_take(&part) {
                         g.lent = 0;
                     }
                 }

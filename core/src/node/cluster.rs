@@ -261,10 +261,7 @@ impl NodeState {
             }
         }
         // The others' share is taken again as far as it is free now (only when it fell short).
-        if !r.pool.external().same_as(&r.others) {
-            let others = r.others.clone();
-            r.pool.set_external(&others);
-        }
+        r.pool.retake_external(&r.others);
     }
 
     /// The work under grant `lease` on node `n` blocks (`lend`) or runs again.

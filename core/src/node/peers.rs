@@ -62,6 +62,36 @@ fn system(msg: String) -> TaskError {
     TaskError::new(ErrorKind::System, msg)
 }
 
+/// Claims `key` (an `/api/kv/...` path) in the head's KV with `body`, for `what` (named in
+/// errors). When another claim holds it, `refused` reads that claim and says why it stands;
+/// `None`: its holder is gone, and the key is taken over.
+pub(crate) fn claim_in_head(
+    ctx: &super::cluster::ClusterCtx,
+    key: &str,
+    body: &[u8],
+    what: &str,
+    refused: impl Fn(&[u8]) -> Option<TaskError>,
+) -> Result<(), TaskError> {
+    let claim_path = key.replacen("/api/kv/", "/api/kv_claim/", 1);
+    for _ in 0..2 {
+        let r = ctx
+            .head
+            .request("POST", &claim_path, Some(("application/json", body)))
+            .map_err(|e| system(format!("claiming {what} at the head: {e}")))?;
+        match r.status {
+            200 => return Ok(()),
+            409 => {
+                if let Some(e) = refused(&r.body) {
+                    return Err(e);
+                }
+                let _ = ctx.head.request("DELETE", key, None);
+            }
+            _ => return Err(system(format!("the head refused the claim on {what}: {}", r.text().trim()))),
+        }
+    }
+    Err(system(format!("{what} was claimed by another driver at the same time; try again")))
+}
+
 impl Node {
     /// In a driver that joined a cluster, claims a named actor's name in the head's directory
     /// before the actor is created here. A name that another live driver holds is refused.
@@ -75,35 +105,18 @@ impl Node {
             class: spec.class.clone(),
         };
         let body = serde_json::to_vec(&claim).expect("a claim encodes");
-        let claim_path = key.replacen("/api/kv/", "/api/kv_claim/", 1);
-        for _ in 0..2 {
-            let r = ctx
-                .head
-                .request("POST", &claim_path, Some(("application/json", &body)))
-                .map_err(|e| system(format!("claiming the actor name `{name}` at the head: {e}")))?;
-            match r.status {
-                200 => {
-                    ctx.claims.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
-                    return Ok(());
-                }
-                409 => {
-                    let holder: Option<Claim> = serde_json::from_slice(&r.body).ok();
-                    // A claim that cannot be read is left alone.
-                    let live = holder.as_ref().is_none_or(|h| h.driver_pid == std::process::id() || driver_is_live(&h.address));
-                    if live {
-                        let pid = holder.map(|h| h.driver_pid).unwrap_or_default();
-                        return Err(system(format!(
-                            "an actor named `{name}` already exists in namespace `{}` (it belongs to the driver with pid {pid}); pick another name or look it up with flare::get_actor",
-                            spec.namespace
-                        )));
-                    }
-                    // Its driver is gone: the name is free again.
-                    let _ = ctx.head.request("DELETE", &key, None);
-                }
-                _ => return Err(system(format!("the head refused the claim on actor name `{name}`: {}", r.text().trim()))),
-            }
-        }
-        Err(system(format!("the actor name `{name}` was claimed by another driver at the same time; try again")))
+        claim_in_head(ctx, &key, &body, &format!("the actor name `{name}`"), |held| {
+            let holder: Option<Claim> = serde_json::from_slice(held).ok();
+            // A claim that cannot be read is left alone; one whose driver is gone is free again.
+            let live = holder.as_ref().is_none_or(|h| h.driver_pid == std::process::id() || driver_is_live(&h.address));
+            let pid = holder.map(|h| h.driver_pid).unwrap_or_default();
+            live.then(|| system(format!(
+                "an actor named `{name}` already exists in namespace `{}` (it belongs to the driver with pid {pid}); pick another name or look it up with flare::get_actor",
+                spec.namespace
+            )))
+        })?;
+        ctx.claims.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
+        Ok(())
     }
 
     /// Gives up the claim on a named actor's name (the actor died), from a thread of its own.
@@ -253,13 +266,8 @@ impl Node {
 /// (in the owner's store, or on a node of the owner's) is pulled into this driver's store
 /// before the call completes here, and the owner is told it may let it go.
 pub(crate) fn fetch_peer_result(node: &Node, owner: &str, conn: &Conn, msg: ToNode) -> ToNode {
+    let Some(ctx) = node.cluster.get() else { return msg };
     let ToNode::TaskDone { task_id, result: Ok((Payload::File { path, size, .. }, refs)) } = msg else { return msg };
-    let Some(ctx) = node.cluster.get() else {
-        return ToNode::TaskDone {
-            task_id,
-            result: Ok((Payload::File { id: ObjectId::for_return(task_id, 0), path, size }, refs)),
-        };
-    };
     let id = ObjectId::for_return(task_id, 0);
     let dest = crate::store::object_file(&node.session.shm_dir, id);
     let (from, there) = crate::transfer::split_remote(&path).unwrap_or((owner, &path));

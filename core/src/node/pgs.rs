@@ -48,6 +48,32 @@ struct PgRecord {
     why: Option<String>,
 }
 
+impl PgRecord {
+    /// This driver's entry for a group of its own, `state` with its `placed` bundles or `why`.
+    fn mine(
+        ctx: &super::cluster::ClusterCtx,
+        spec: &PlacementGroupSpec,
+        key: &str,
+        name: &str,
+        state: &str,
+        placed: Placed,
+        why: Option<String>,
+    ) -> Self {
+        PgRecord {
+            key: key.to_string(),
+            name: name.to_string(),
+            driver_pid: std::process::id(),
+            address: ctx.worker_addr.clone(),
+            strategy: spec.strategy,
+            detached: spec.detached,
+            bundles: spec.bundles.clone(),
+            state: state.into(),
+            placed,
+            why,
+        }
+    }
+}
+
 fn record_path(namespace: &str, name: &str) -> String {
     format!("/api/kv/{PG_PREFIX}{}/{}", super::peers::hex(namespace), super::peers::hex(name))
 }
@@ -71,64 +97,31 @@ impl Node {
     pub(crate) fn claim_pg_name(&self, spec: &PlacementGroupSpec, key: &str) -> Result<(), TaskError> {
         let (Some(ctx), Some(name)) = (self.cluster.get(), spec.name.as_deref()) else { return Ok(()) };
         let ns = crate::actor::DEFAULT_NAMESPACE;
-        let path = record_path(ns, name);
-        let record = PgRecord {
-            key: key.to_string(),
-            name: name.to_string(),
-            driver_pid: std::process::id(),
-            address: ctx.worker_addr.clone(),
-            strategy: spec.strategy,
-            detached: spec.detached,
-            bundles: spec.bundles.clone(),
-            state: "PENDING".into(),
-            placed: Vec::new(),
-            why: None,
-        };
+        let record = PgRecord::mine(ctx, spec, key, name, "PENDING", Vec::new(), None);
         let body = serde_json::to_vec(&record).expect("a record encodes");
-        let claim_path = path.replacen("/api/kv/", "/api/kv_claim/", 1);
-        for _ in 0..2 {
-            let r = ctx
-                .head
-                .request("POST", &claim_path, Some(("application/json", &body)))
-                .map_err(|e| system(format!("entering placement group `{name}` at the head: {e}")))?;
-            match r.status {
-                200 => return Ok(()),
-                409 => {
-                    let holder: Option<PgRecord> = serde_json::from_slice(&r.body).ok();
-                    // This driver's own entry is live while its group is (a group removed a
-                    // moment ago may not have had its entry deleted yet).
-                    let live = holder.as_ref().is_none_or(|h| {
-                        if h.address == ctx.worker_addr {
-                            let st = self.lock();
-                            st.pg_keys
-                                .get(&h.key)
-                                .and_then(|id| st.pgs.get(id))
-                                .is_some_and(|p| !matches!(p.state, PgState::Removed))
-                        } else {
-                            h.detached || super::peers::driver_is_live(&h.address)
-                        }
-                    });
-                    if live {
-                        let who = match &holder {
-                            Some(h) if h.detached => "a detached group; remove it first".to_string(),
-                            Some(h) => format!("it belongs to the driver with pid {}", h.driver_pid),
-                            None => "its entry cannot be read".to_string(),
-                        };
-                        return Err(TaskError::new(
-                            ErrorKind::Infeasible,
-                            format!("a placement group named `{name}` exists already in namespace `{ns}` ({who}); pick another name or look it up with flare::get_placement_group"),
-                        ));
-                    }
-                    // Its driver is gone and it was not detached (or it is this driver's, and
-                    // removed): the name is free again.
-                    let _ = ctx.head.request("DELETE", &path, None);
+        super::peers::claim_in_head(ctx, &record_path(ns, name), &body, &format!("the placement group name `{name}`"), |held| {
+            let holder: Option<PgRecord> = serde_json::from_slice(held).ok();
+            // This driver's own entry is live while its group is (a group removed a moment ago
+            // may not have had its entry deleted yet); another's while its driver is, or for
+            // good if detached. The rest are free again.
+            let live = holder.as_ref().is_none_or(|h| {
+                if h.address == ctx.worker_addr {
+                    let st = self.lock();
+                    st.pg_keys.get(&h.key).and_then(|id| st.pgs.get(id)).is_some_and(|p| !matches!(p.state, PgState::Removed))
+                } else {
+                    h.detached || super::peers::driver_is_live(&h.address)
                 }
-                _ => {
-                    return Err(system(format!("the head refused placement group `{name}`: {}", r.text().trim())));
-                }
-            }
-        }
-        Err(system(format!("the placement group name `{name}` was taken by another driver at the same time; try again")))
+            });
+            let who = match &holder {
+                Some(h) if h.detached => "a detached group; remove it first".to_string(),
+                Some(h) => format!("it belongs to the driver with pid {}", h.driver_pid),
+                None => "its entry cannot be read".to_string(),
+            };
+            live.then(|| TaskError::new(
+                ErrorKind::Infeasible,
+                format!("a placement group named `{name}` exists already in namespace `{ns}` ({who}); pick another name or look it up with flare::get_placement_group"),
+            ))
+        })
     }
 
     /// Writes a named group's entry in the head's table as it is now, from a thread of its own
@@ -161,18 +154,7 @@ impl Node {
                     PgState::Infeasible(why) => ("INFEASIBLE", Vec::new(), Some(why.clone())),
                     PgState::Removed => return,
                 };
-                let rec = PgRecord {
-                    key: pg.key.clone(),
-                    name: name.clone(),
-                    driver_pid: std::process::id(),
-                    address: ctx.worker_addr.clone(),
-                    strategy: pg.spec.strategy,
-                    detached: pg.spec.detached,
-                    bundles: pg.spec.bundles.clone(),
-                    state: state.into(),
-                    placed,
-                    why,
-                };
+                let rec = PgRecord::mine(ctx, &pg.spec, &pg.key, &name, state, placed, why);
                 (record_path(crate::actor::DEFAULT_NAMESPACE, &name), rec)
             };
             let (path, rec) = record;

@@ -196,10 +196,7 @@ impl NodeState {
                     if let Some(b) = b.get_mut(i) {
                         b.pool.release(&alloc);
                         // The others' share is taken again as far as it is free now.
-                        if !b.pool.external().same_as(&b.others) {
-                            let others = b.others.clone();
-                            b.pool.set_external(&others);
-                        }
+                        b.pool.retake_external(&b.others);
                         node = Some(b.node);
                     }
                 }
@@ -638,9 +635,9 @@ impl NodeState {
 
     // ---- placement groups ----
 
-    /// Takes a group in (`key`: its name in the nodes' ledgers); it is placed in a scheduling pass.
+    /// Takes a group in (`key`: its name in the nodes' ledgers; its bundles were checked with
+    /// [`check_pg_spec`](Self::check_pg_spec)); it is placed in a scheduling pass.
     pub(crate) fn create_placement_group(&mut self, spec: PlacementGroupSpec, key: String) -> Result<(), TaskError> {
-        Self::check_pg_spec(&spec)?;
         if let Some(name) = &spec.name {
             if let Some(id) = self.pg_named(name) {
                 return Err(TaskError::new(

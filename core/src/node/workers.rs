@@ -391,8 +391,6 @@ fn serve_worker(node: Arc<Node>, stream: UnixStream) {
     serve_connection(node, wid, pid, conn, rx, Via::Local);
 }
 
-/// Serves a registered worker's connection until it closes; `remote` is the agent that runs
-/// it when it is on another node.
 /// How a worker connection reaches this node.
 pub(crate) enum Via {
     /// A local worker (Unix socket).
@@ -403,6 +401,9 @@ pub(crate) enum Via {
     Peer(String),
 }
 
+/// Serves a registered worker's connection until it closes; `via` says how it reaches this
+/// node (large results of a worker on another node, or of another driver's actor, are
+/// fetched on the way in).
 pub(crate) fn serve_connection(node: Arc<Node>, wid: WorkerId, pid: u32, conn: Arc<Conn>, mut rx: Receiver, via: Via) {
     let flag = node.lock().workers.get(&wid).map(|w| w.flag.clone());
     if let Some(f) = &flag {
